@@ -1,0 +1,1 @@
+"""Usage-based billing data platform on Dagster: events to paid, reconciled invoices."""

@@ -1,0 +1,1 @@
+"""Dagster wiring, one package per domain; each exposes `defs` (a dagster.Definitions)."""

@@ -1,0 +1,1 @@
+"""Moving usage events from the edge store into the warehouse, exactly once."""

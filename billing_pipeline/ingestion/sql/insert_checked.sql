@@ -1,0 +1,31 @@
+-- The checked batch into the warehouse: new valid rows into events (a replay, same event_id and
+-- fingerprint, is already there and skipped), rejected rows into quarantine (a re-run adds nothing).
+-- Returns how many rows each insert added.
+WITH new_events AS (
+    INSERT INTO billing.events
+        (event_id, organisation_id, project_id, metric, quantity, occurred_at, received_at, properties,
+         fingerprint)
+    SELECT c.event_id, c.organisation_id, c.project_id, c.metric,
+        CASE WHEN c.reason IS NULL THEN c.quantity::numeric END,
+        CASE WHEN c.reason IS NULL THEN c.occurred_at::timestamptz END,
+        c.received_ts,
+        CASE WHEN c.reason IS NULL THEN c.properties::jsonb END,
+        c.fingerprint
+    FROM edge_checked c
+    WHERE c.reason IS NULL AND NOT c.already_moved
+    RETURNING 1
+),
+new_quarantine AS (
+    INSERT INTO billing.quarantined_events (event_id, reason, detail, raw, fingerprint, received_at)
+    SELECT c.event_id, c.reason, c.detail,
+        jsonb_build_object('edge_rowid', c.edge_rowid, 'event_id', c.event_id,
+                           'organisation_id', c.organisation_id, 'project_id', c.project_id,
+                           'metric', c.metric, 'quantity', c.quantity, 'occurred_at', c.occurred_at,
+                           'received_at', c.received_at, 'properties', c.properties),
+        c.fingerprint, c.received_ts
+    FROM edge_checked c
+    WHERE c.reason IS NOT NULL
+    ON CONFLICT (event_id, fingerprint) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM new_events), (SELECT count(*) FROM new_quarantine)

@@ -1,0 +1,1 @@
+"""Provider API clients (Stripe, Razorpay, Vapi): plain Python, no Dagster."""

@@ -1,0 +1,37 @@
+"""`make demo` end to end on a small month: every asset runs, and running it again changes nothing."""
+
+from datetime import date
+
+import pytest
+
+from billing_pipeline.demo import generate
+from billing_pipeline.demo.run import run_demo
+
+
+def test_generated_month_has_every_kind_of_row():
+    plan = generate.generate(date(2026, 10, 1), events=4000)
+    metrics = {row[3] for row in plan.rows}
+    assert metrics == set(generate._METRIC_MIX)
+    assert set(plan.malformed) == {
+        "bad_quantity", "bad_occurred_at", "unknown_organisation", "negative_quantity", "malformed_properties"
+    }
+    assert plan.late > 0 and plan.repeats > 0
+    assert len({row[1] for row in plan.rows if not row[1].startswith("org_ghost")}) == 50
+    assert generate.generate(date(2026, 10, 1), events=4000).rows == plan.rows  # deterministic
+
+
+@pytest.mark.slow
+def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, tmp_path):
+    steps = []
+    first = run_demo(settings, date(2026, 10, 1), 3000, steps.append)
+    assert all(run.success for run in first["runs"]), first["runs"]
+    assert [run.label for run in first["runs"]][:2] == ["hourly", "daily"]
+    assert first["counts"]["billing.events"] == 3000
+    assert first["counts"]["billing.quarantined_events"] == 100
+    assert first["counts"]["billing.organisations"] == 50
+    assert (settings.home_dir / "demo-catalog.yaml").exists()
+
+    second = run_demo(settings, date(2026, 10, 1), 3000, steps.append)
+    assert all(run.success for run in second["runs"])
+    assert second["counts"] == first["counts"]
+    assert any(step.startswith("edge store: 0 new rows") for step in steps)

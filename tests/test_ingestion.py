@@ -1,0 +1,284 @@
+"""Edge store to warehouse exactly once: bad rows, conflicts, late events, conservation, crash safety,
+reconciliation and retention, on a real PostgreSQL and a real SQLite edge store."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from billing_pipeline import edge_store
+from billing_pipeline.catalog import apply_catalog, load_catalog
+from billing_pipeline.ingestion import edge_checks
+from billing_pipeline.ingestion.mover import move_window
+
+SMALL = Path(__file__).parent / "data" / "catalog_small.yaml"
+T0 = datetime(2026, 10, 5, 10, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def wh(engine):
+    apply_catalog(engine, load_catalog(SMALL), source="small", applied_by="test")
+    return engine
+
+
+@pytest.fixture()
+def edge(settings):
+    conn = edge_store.connect(settings.edge_path)
+    yield conn
+    conn.close()
+
+
+def event(event_id, *, org="org_a", project="prj_a1", metric="api_calls", quantity="1", occurred=T0,
+          received=None, properties=None):
+    occurred_text = occurred if isinstance(occurred, str) else occurred.isoformat()
+    if received is None:
+        received = (occurred if isinstance(occurred, datetime) else T0) + timedelta(seconds=1)
+    received_text = received if isinstance(received, str) else edge_store.utc_text(received)
+    return (event_id, org, project, metric, quantity, occurred_text, received_text, properties)
+
+
+def rows_of(engine, sql, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def move(engine, edge, start=T0 - timedelta(days=30), end=T0 + timedelta(days=30), **kw):
+    return move_window(engine, edge, start, end, **kw)
+
+
+def conservation_violations(engine, edge) -> list[str]:
+    """Every edge row is exactly once in events or quarantine (by event_id and fingerprint), and no
+    row is marked processed unless it is there."""
+    cur = edge.cursor()
+    cur.row_factory = None
+    staged = cur.execute(
+        "SELECT " + ", ".join(edge_store.STAGED_COLUMNS) + ", processed_at FROM events"
+    ).fetchall()
+    from billing_pipeline.ingestion.mover import stage_edge_rows
+
+    with engine.begin() as conn:
+        stage_edge_rows(conn, staged, with_processed_at=True)
+        found = conn.execute(
+            sa.text(
+                """
+                SELECT s.event_id, s.processed_at,
+                    (SELECT count(*) FROM billing.events e WHERE e.event_id = s.event_id AND e.fingerprint = f.fp)
+                  + (SELECT count(*) FROM billing.quarantined_events q
+                     WHERE q.event_id IS NOT DISTINCT FROM s.event_id AND q.fingerprint = f.fp) AS copies
+                FROM edge_stage s CROSS JOIN LATERAL (SELECT billing.edge_fingerprint(s.event_id,
+                    s.organisation_id, s.project_id, s.metric, s.quantity, s.occurred_at, s.properties,
+                    s.edge_rowid) AS fp) f
+                """
+            )
+        ).all()
+        duplicated_ids = conn.execute(
+            sa.text("SELECT event_id FROM billing.events GROUP BY event_id HAVING count(*) > 1")
+        ).scalars().all()
+    problems = [f"{r.event_id}: {r.copies} copies" for r in found if r.copies > 1]
+    problems += [f"{r.event_id}: processed but not in the warehouse" for r in found if r.processed_at and r.copies == 0]
+    problems += [f"{e}: twice in events" for e in duplicated_ids]
+    return problems
+
+
+def test_each_bad_row_has_its_reason_and_never_stops_the_batch(wh, edge):
+    good = [event(f"ok-{i}", quantity=str(i + 1)) for i in range(6)]
+    bad = {
+        "missing_field": event("bad-missing", project=""),
+        "bad_received_at": event("bad-recv", received="2026-10-05T10:00:01.5+05:30"),
+        "bad_quantity": event("bad-qty", quantity="1e3"),
+        "bad_occurred_at": event("bad-occ", occurred="2026-10-05 10:00"),
+        "malformed_properties": event("bad-json", properties='{"user_id": '),
+        "unknown_organisation": event("bad-org", org="org_ghost"),
+        "unknown_metric": event("bad-metric", metric="teleports"),
+        "negative_quantity": event("bad-neg", metric="tokens", quantity="-5"),
+        "occurred_in_future": event("bad-future", occurred=T0 + timedelta(days=3), received=T0),
+    }
+    unwindowed = event("bad-garbage-time", received="yesterday-ish")
+    rows = good[:3] + list(bad.values()) + good[3:] + [unwindowed]
+    assert edge_store.insert_events(edge, rows) == len(rows)
+
+    result = move(wh, edge, batch_size=4)  # bad rows share batches with good ones
+
+    assert result.inserted == 6 and result.quarantined == len(bad) + 1
+    reasons = dict(rows_of(wh, "SELECT event_id, reason FROM billing.quarantined_events"))
+    assert reasons == {row[0]: reason for reason, row in bad.items()} | {"bad-garbage-time": "bad_received_at"}
+    details = rows_of(wh, "SELECT detail, raw ->> 'quantity' FROM billing.quarantined_events WHERE event_id = 'bad-qty'")
+    assert details == [("quantity is not a plain decimal (at most 26 integer and 12 fraction digits)", "1e3")]
+    assert sorted(r[0] for r in rows_of(wh, "SELECT event_id FROM billing.events")) == sorted(g[0] for g in good)
+    assert edge.execute("SELECT count(*) FROM events WHERE processed_at IS NULL").fetchone()[0] == 0
+    assert conservation_violations(wh, edge) == []
+
+
+def test_rerun_changes_nothing_and_replay_is_not_a_conflict(wh, edge):
+    edge_store.insert_events(edge, [event(f"e{i}") for i in range(10)])
+    move(wh, edge)
+    before = rows_of(wh, "SELECT event_id, quantity, ingested_at FROM billing.events ORDER BY 1")
+    edge.execute("UPDATE events SET processed_at = NULL")  # as if the marks were lost after the commit
+    again = move(wh, edge)
+    assert (again.read, again.inserted, again.already_moved, again.quarantined) == (10, 0, 10, 0)
+    assert rows_of(wh, "SELECT event_id, quantity, ingested_at FROM billing.events ORDER BY 1") == before
+
+
+def test_same_event_id_with_another_payload_is_quarantined_not_overwritten(wh, edge):
+    edge_store.insert_events(edge, [event("dup", quantity="1")])
+    move(wh, edge)
+    # The edge purged the row, then a client sent the same event_id with a different payload.
+    edge.execute("DELETE FROM events WHERE event_id = 'dup'")
+    edge_store.insert_events(edge, [event("dup", quantity="999", received=T0 + timedelta(hours=2))])
+    result = move(wh, edge)
+    assert result.reasons == {"conflicting_duplicate": 1}
+    assert rows_of(wh, "SELECT quantity FROM billing.events WHERE event_id = 'dup'") == [(1,)]
+    quarantined = rows_of(wh, "SELECT reason, raw ->> 'quantity' FROM billing.quarantined_events")
+    assert quarantined == [("conflicting_duplicate", "999")]
+
+
+def test_late_event_lands_in_its_received_hour_and_is_never_missed(wh, edge):
+    occurred = T0 - timedelta(days=3)
+    edge_store.insert_events(edge, [event("late", occurred=occurred, received=T0 + timedelta(minutes=30))])
+    # Moving the hours of the day it occurred finds nothing: it was received later.
+    assert move(wh, edge, occurred.replace(hour=0), occurred.replace(hour=0) + timedelta(days=1)).read == 0
+    assert move(wh, edge, T0, T0 + timedelta(hours=1)).inserted == 1
+    (occurred_at, partition), = rows_of(wh, "SELECT occurred_at, tableoid::regclass::text FROM billing.events")
+    assert occurred_at == occurred and partition == "billing.events_2026_10"
+
+
+def test_conservation_over_random_runs_and_reruns(wh, edge):
+    rng = random.Random(20261121)
+    hours = [T0 + timedelta(hours=h) for h in range(12)]
+    n = 0
+    for step in range(25):
+        if rng.random() < 0.6:  # new arrivals, some bad, some repeated ids
+            batch = []
+            for _ in range(rng.randint(1, 40)):
+                n += 1
+                kind = rng.random()
+                received = rng.choice(hours) + timedelta(minutes=rng.randint(0, 59))
+                if kind < 0.1:
+                    batch.append(event(f"c{n}", quantity="oops", received=received))
+                elif kind < 0.2 and n > 5:
+                    batch.append(event(f"c{rng.randint(1, n - 1)}", received=received))  # a retry
+                else:
+                    batch.append(event(f"c{n}", quantity=str(rng.randint(1, 9)), received=received,
+                                       occurred=received - timedelta(hours=rng.randint(0, 72))))
+            edge_store.insert_events(edge, batch)
+        start = rng.choice(hours)
+        move(wh, edge, start, start + timedelta(hours=rng.randint(1, 6)), batch_size=rng.randint(3, 50))
+        assert conservation_violations(wh, edge) == [], f"after step {step}"
+    move(wh, edge, hours[0], hours[-1] + timedelta(hours=1))
+    pending = edge.execute("SELECT count(*) FROM events WHERE processed_at IS NULL").fetchone()[0]
+    assert pending == 0 and conservation_violations(wh, edge) == []
+
+
+MOVER_SCRIPT = r"""
+from datetime import datetime, timezone
+from billing_pipeline import edge_store
+from billing_pipeline.settings import load_settings
+from billing_pipeline.warehouse import get_engine
+from billing_pipeline.ingestion.mover import move_window
+settings = load_settings()
+with edge_store.opened(settings.edge_path) as edge:
+    move_window(get_engine(settings), edge, datetime(2026, 10, 1, tzinfo=timezone.utc),
+                datetime(2026, 11, 1, tzinfo=timezone.utc), batch_size=1000)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_loses_and_duplicates_nothing(wh, edge):
+    rows = [event(f"k{i:05d}", quantity=str(i % 7 + 1), received=T0 + timedelta(seconds=i)) for i in range(30000)]
+    rows += [event(f"kbad{i}", quantity="x") for i in range(50)]
+    edge_store.insert_events(edge, rows)
+    rng = random.Random(7)
+    kills = 0
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", MOVER_SCRIPT], env=os.environ.copy())
+        if attempt < 3:
+            # Wait until this process has committed a batch, then kill it somewhere in a later one
+            # (staging, checking, inserting, or between the commit and the edge marks).
+            done = rows_of(wh, "SELECT count(*) FROM billing.events")[0][0]
+            while proc.poll() is None and rows_of(wh, "SELECT count(*) FROM billing.events")[0][0] == done:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.3))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            assert conservation_violations(wh, edge) == [], f"after kill {kills}"
+        else:
+            assert proc.wait(timeout=300) == 0
+    assert kills == 3
+    assert edge.execute("SELECT count(*) FROM events WHERE processed_at IS NULL").fetchone()[0] == 0
+    assert rows_of(wh, "SELECT count(*), count(DISTINCT event_id) FROM billing.events") == [(30000, 30000)]
+    assert rows_of(wh, "SELECT count(*) FROM billing.quarantined_events") == [(50,)]
+    assert conservation_violations(wh, edge) == []
+
+
+def test_reconciliation_is_clean_then_finds_exactly_the_missing(wh, edge):
+    day = T0.date()
+    edge_store.insert_events(edge, [event(f"r{i}", quantity="2") for i in range(20)] + [event("rbad", quantity="?")])
+    move(wh, edge)
+    now = T0 + timedelta(days=1)
+    clean = edge_checks.reconcile_day(wh, edge, day, now=now)
+    assert (clean.edge_rows, clean.missing, clean.pending, clean.mismatched_groups) == (21, 0, 0, [])
+
+    with wh.begin() as conn:  # a loss: rows marked processed at the edge but gone from the warehouse
+        conn.execute(sa.text("DELETE FROM billing.events WHERE event_id IN ('r3', 'r7')"))
+    edge_store.insert_events(edge, [event("r-unmoved", received=T0 + timedelta(minutes=5))])  # never moved
+    edge_store.insert_events(edge, [event("r-recent", received=now - timedelta(minutes=10), occurred=now)])
+    found = edge_checks.reconcile_day(wh, edge, day, now=now)
+    findings = rows_of(wh, "SELECT kind, reference, detail FROM recon.discrepancies ORDER BY reference")
+    assert [(k, r) for k, r, _ in findings] == [("missing_event", "r-unmoved"), ("missing_event", "r3"), ("missing_event", "r7")]
+    assert "marked processed at the edge" in findings[1][2] and "not moved" in findings[0][2]
+    assert found.missing == 3
+    group = found.mismatched_groups[0]
+    # one group: 20 + rbad + r-unmoved at the edge; 18 events + rbad in quarantine in the warehouse
+    assert (group["edge_count"], group["warehouse_count"]) == (22, 19)
+    # the next day's row is pending within its window, not a finding of that day
+    assert edge_checks.reconcile_day(wh, edge, now.date(), now=now).pending == 1
+    # re-running replaces the day's rows, it does not add to them
+    edge_checks.reconcile_day(wh, edge, day, now=now)
+    assert rows_of(wh, "SELECT count(*) FROM recon.discrepancies") == [(3,)]
+
+
+def test_retention_deletes_only_what_the_warehouse_has(wh, edge):
+    edge_store.insert_events(edge, [event(f"p{i}") for i in range(10)] + [event("pbad", quantity="?")])
+    move(wh, edge)
+    edge_store.insert_events(edge, [event("unprocessed", received=T0 + timedelta(hours=3))])
+    with wh.begin() as conn:
+        conn.execute(sa.text("DELETE FROM billing.events WHERE event_id = 'p4'"))
+    result = edge_checks.purge_processed(wh, edge, datetime.now(timezone.utc) + timedelta(minutes=1))
+    assert (result.candidates, result.deleted, result.refused, result.refused_sample) == (11, 10, 1, ["p4"])
+    left = sorted(r[0] for r in edge.execute("SELECT event_id FROM events"))
+    assert left == ["p4", "unprocessed"]
+    # rows processed after the cutoff stay
+    assert edge_checks.purge_processed(wh, edge, datetime(2000, 1, 1, tzinfo=timezone.utc)).candidates == 0
+
+
+@pytest.mark.slow
+def test_backfill_of_a_range_is_one_dagster_run(wh, edge, tmp_path):
+    from billing_pipeline.definitions import defs
+
+    edge_store.insert_events(
+        edge, [event(f"d{i}", received=T0 + timedelta(hours=i % 48, minutes=i % 60)) for i in range(500)]
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("warehouse_events")])
+    tags = {ASSET_PARTITION_RANGE_START_TAG: "2026-10-05-10:00", ASSET_PARTITION_RANGE_END_TAG: "2026-10-07-09:00"}
+    for _ in range(2):  # the second run changes nothing
+        result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("warehouse_events")], tags=tags)
+        assert result.success
+    assert len(instance.get_run_records()) == 2
+    materialization = result.asset_materializations_for_node("warehouse_events")[0]
+    assert materialization.metadata["edge_rows_read"].value == 0
+    assert rows_of(wh, "SELECT count(*) FROM billing.events") == [(500,)]
+    mats = instance.fetch_materializations(dg.AssetKey("warehouse_events"), limit=1000).records
+    assert len({m.partition_key for m in mats}) == 48  # every hour of the range, in one run each time
