@@ -59,10 +59,10 @@ END $$;
 CREATE FUNCTION billing.edge_fingerprint(event_id text, organisation_id text, project_id text, metric text,
                                          quantity text, occurred_at text, properties text, edge_rowid bigint)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT md5(concat_ws(E'\x1f', coalesce(organisation_id, E'\x1e'), coalesce(project_id, E'\x1e'),
-                         coalesce(metric, E'\x1e'), coalesce(quantity, E'\x1e'),
-                         coalesce(occurred_at, E'\x1e'), coalesce(properties, E'\x1e'))
-               || CASE WHEN event_id IS NULL THEN E'\x1f' || edge_rowid ELSE '' END)
+    SELECT md5(coalesce(organisation_id, E'\x1e') || E'\x1f' || coalesce(project_id, E'\x1e') || E'\x1f'
+               || coalesce(metric, E'\x1e') || E'\x1f' || coalesce(quantity, E'\x1e') || E'\x1f'
+               || coalesce(occurred_at, E'\x1e') || E'\x1f' || coalesce(properties, E'\x1e')
+               || CASE WHEN event_id IS NULL THEN E'\x1f' || edge_rowid::text ELSE '' END)
 $$;
 
 CREATE TABLE billing.quarantined_events (

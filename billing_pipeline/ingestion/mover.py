@@ -51,11 +51,12 @@ def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at
         for row in rows:
             copy.write_row(row)
     cursor.execute("ANALYZE edge_stage")
+# Monthly partitions for the batch's months (older than 400 days before arrival: the DEFAULT one).
 _ENSURE_PARTITIONS = """
-SELECT billing.ensure_event_partitions(min(occurred_at::timestamptz AT TIME ZONE 'UTC')::date,
-                                       max(occurred_at::timestamptz AT TIME ZONE 'UTC')::date)
+SELECT billing.ensure_event_partitions(min(occurred_ts AT TIME ZONE 'UTC')::date,
+                                       max(occurred_ts AT TIME ZONE 'UTC')::date)
 FROM edge_checked
-WHERE CASE WHEN reason IS NULL THEN occurred_at::timestamptz >= received_ts - interval '400 days' END
+WHERE occurred_ts >= received_ts - interval '400 days'
 HAVING count(*) > 0
 """
 
@@ -93,6 +94,7 @@ def move_batch(engine: Engine, edge: sqlite3.Connection, rows: list[tuple]) -> M
     result = MoveResult(read=len(rows), batches=1)
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _LOCK})
+        conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")  # the checked batch sorts/hashes in memory
         stage_edge_rows(conn, rows)
         cursor = conn.connection.cursor()
         cursor.execute(_CHECK)

@@ -5,12 +5,8 @@ WITH new_events AS (
     INSERT INTO billing.events
         (event_id, organisation_id, project_id, metric, quantity, occurred_at, received_at, properties,
          fingerprint)
-    SELECT c.event_id, c.organisation_id, c.project_id, c.metric,
-        CASE WHEN c.reason IS NULL THEN c.quantity::numeric END,
-        CASE WHEN c.reason IS NULL THEN c.occurred_at::timestamptz END,
-        c.received_ts,
-        CASE WHEN c.reason IS NULL THEN c.properties::jsonb END,
-        c.fingerprint
+    SELECT c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity_num, c.occurred_ts,
+        c.received_ts, c.properties_json, c.fingerprint
     FROM edge_checked c
     WHERE c.reason IS NULL AND NOT c.already_moved
     RETURNING 1
