@@ -21,10 +21,20 @@ app = typer.Typer(help="Usage-based billing pipeline on Dagster.", no_args_is_he
 db_app = typer.Typer(help="The warehouse schema (numbered SQL files in sql/).", no_args_is_help=True)
 catalog_app = typer.Typer(help="Billable metrics, plans and organisations (a YAML file).", no_args_is_help=True)
 demo_app = typer.Typer(help="The demo: a generated month of usage, run through every asset.", no_args_is_help=True)
+from billing_pipeline.accounts.cli import accounts_app, health  # noqa: E402
 from billing_pipeline.api.cli import keys_app, serve  # noqa: E402
+from billing_pipeline.invoicing.cli import invoice_app  # noqa: E402
+from billing_pipeline.payments.cli import recon_app, webhooks_app  # noqa: E402
+from billing_pipeline.wallet.cli import wallet_app  # noqa: E402
 
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.command("health", help="Is the pipeline running; does anything need a person? (exit 1 if so)")(health)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(invoice_app, name="invoice")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(recon_app, name="recon")
+app.add_typer(wallet_app, name="wallet")
 app.command("serve", help="Run the HTTP API (usage events, webhooks, health) with uvicorn.")(serve)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(demo_app, name="demo")

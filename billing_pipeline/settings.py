@@ -65,6 +65,8 @@ class Settings(BaseSettings):
 
     stripe_api_key: SecretStr | None = _env("STRIPE_API_KEY")
     stripe_webhook_secret: SecretStr | None = _env("STRIPE_WEBHOOK_SECRET")
+    # the endpoint secret being rolled out of use: both verify until the roll is over
+    stripe_webhook_secret_previous: SecretStr | None = _env("STRIPE_WEBHOOK_SECRET_PREVIOUS")
     stripe_api_base: str | None = _env("STRIPE_API_BASE")
     razorpay_key_id: str | None = _env("RAZORPAY_KEY_ID")
     razorpay_key_secret: SecretStr | None = _env("RAZORPAY_KEY_SECRET")

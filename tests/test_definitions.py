@@ -22,11 +22,19 @@ def test_code_location_loads_and_resolves():
         assert graph.get(key).assets_def is not None
 
 
-def test_ingestion_assets_are_single_run_backfills():
+def test_hourly_and_daily_assets_backfill_a_range_in_one_run():
+    """Monthly invoicing is the exception by design: each month's checks gate only that month."""
     from billing_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    for name in ("warehouse_events", "event_reconciliation"):
-        node = graph.get(dg.AssetKey(name))
-        assert node.backfill_policy == dg.BackfillPolicy.single_run()
-        assert node.group_name == "ingestion"
+    ranged = []
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if not node.is_materializable or node.partitions_def is None:
+            continue
+        if isinstance(node.partitions_def, dg.MonthlyPartitionsDefinition):
+            continue
+        assert node.backfill_policy == dg.BackfillPolicy.single_run(), key
+        ranged.append(key.to_user_string())
+    assert {"warehouse_events", "event_reconciliation", "edge_retention", "usage_daily", "stripe_sync"} <= set(ranged)
+    assert graph.get(dg.AssetKey("warehouse_events")).group_name == "ingestion"

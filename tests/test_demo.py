@@ -1,11 +1,15 @@
-"""`make demo` end to end on a small month: every asset runs, and running it again changes nothing."""
+"""`make demo` end to end on a small month: every asset runs, invoices finalize, finance sees every kind
+of payment and call finding, and running it again changes nothing."""
 
 from datetime import date
 
 import pytest
+import sqlalchemy as sa
 
 from billing_pipeline.demo import generate
 from billing_pipeline.demo.run import run_demo
+
+PAYMENT_KINDS = {"missing_internal", "missing_at_provider", "amount_mismatch", "status_mismatch", "duplicate"}
 
 
 def test_generated_month_has_every_kind_of_row():
@@ -21,15 +25,28 @@ def test_generated_month_has_every_kind_of_row():
 
 
 @pytest.mark.slow
-def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, tmp_path):
+def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, engine):
     steps = []
     first = run_demo(settings, date(2026, 10, 1), 3000, steps.append)
     assert all(run.success for run in first["runs"]), first["runs"]
-    assert [run.label for run in first["runs"]][:2] == ["hourly", "daily"]
-    assert first["counts"]["billing.events"] == 3000
-    assert first["counts"]["billing.quarantined_events"] == 100
-    assert first["counts"]["billing.organisations"] == 50
+    assert [run.label for run in first["runs"]] == [
+        "unpartitioned", "hourly", "daily", "monthly", "webhook_inbox_job", "daily_reconciliation_job",
+        "daily_accounts_job",
+    ]
+    counts = first["counts"]
+    assert counts["billing.events"] == 3000 + 50  # and each organisation's opening storage level
+    assert counts["billing.quarantined_events"] == 100
+    assert counts["billing.organisations"] == 50
     assert (settings.home_dir / "demo-catalog.yaml").exists()
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM billing.invoices GROUP BY 1")).all())
+        kinds = set(conn.execute(sa.text(
+            "SELECT kind FROM recon.discrepancies WHERE source = 'payment_reconciliation'")).scalars())
+        missing_calls = conn.execute(sa.text(
+            "SELECT count(*) FROM recon.discrepancies WHERE kind = 'missing_call'")).scalar_one()
+    assert statuses == {"finalized": 50}
+    assert kinds == PAYMENT_KINDS
+    assert missing_calls > 0
 
     second = run_demo(settings, date(2026, 10, 1), 3000, steps.append)
     assert all(run.success for run in second["runs"])

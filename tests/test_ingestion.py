@@ -1,7 +1,6 @@
 """Edge store to warehouse exactly once: bad rows, conflicts, late events, conservation, crash safety,
 reconciliation and retention, on a real PostgreSQL and a real SQLite edge store."""
 
-import json
 import os
 import random
 import signal

@@ -19,6 +19,9 @@ from billing_pipeline.settings import Settings, load_settings
 
 ROUTERS = (
     "billing_pipeline.api.health",
+    "billing_pipeline.api.webhooks_stripe",
+    "billing_pipeline.api.webhooks_razorpay",
+    "billing_pipeline.api.webhooks_vapi",
     "billing_pipeline.api.events",
 )
 

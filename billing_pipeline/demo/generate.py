@@ -176,6 +176,14 @@ def generate(month: date, *, events: int = 200_000, seed: int = 7) -> DemoPlan:
                 properties,
             )
         )
+    # Storage held at the start of the month, so the deletions below never take a level under zero.
+    for org in orgs:
+        start = datetime(month.year, month.month, 1, tzinfo=timezone.utc)
+        rows.append(
+            (str(uuid.uuid5(ns, f"{month}:storage-opening:{org['id']}")), org["id"], org["projects"][0]["id"],
+             "storage_gb", "40", start.isoformat().replace("+00:00", "Z"),
+             edge_store.utc_text(start + timedelta(seconds=1)), None)
+        )
     malformed = _malformed_rows(rng, month, orgs, ns)
     rows.extend(row for kind_rows in malformed.values() for row in kind_rows)
     # Repeated submissions: clients retrying a request. The edge keeps the first (INSERT OR IGNORE).

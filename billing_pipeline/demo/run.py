@@ -25,8 +25,10 @@ from billing_pipeline.warehouse import describe, get_engine
 
 # The runs' logs go to the Dagster instance (see them in the UI); the terminal shows warnings only.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# Runs in dependency order: each partitions definition's assets run as one range run.
-_RUN_ORDER = ("hourly", "daily", "monthly", None)
+# Runs in dependency order: each partitions definition's assets run as one range run. The
+# unpartitioned assets (the webhook inbox applied to payments and calls) run first, so that call
+# reconciliation finds only the calls whose webhook never came.
+_RUN_ORDER = (None, "hourly", "daily", "monthly")
 
 
 @dataclass
@@ -57,46 +59,87 @@ def _range_for(kind: str | None, month: date, last_received: datetime) -> tuple[
     return None
 
 
-def materialize_month(
-    month: date, last_received: datetime, on_step: Callable[[str], None] = print
-) -> list[RunSummary]:
-    """One run per partitions definition, over the demo month's range, in dependency order."""
+def asset_keys_by_partitioning(groups: set[str] | None = None) -> dict[str | None, list[dg.AssetKey]]:
+    """The code location's materializable assets (of `groups`, default all) by kind of partitions."""
     from billing_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
     by_kind: dict[str | None, list[dg.AssetKey]] = {}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        if not node.is_materializable:
-            continue
-        by_kind.setdefault(_partition_kind(node.partitions_def), []).append(key)
+        if node.is_materializable and (groups is None or node.group_name in groups):
+            by_kind.setdefault(_partition_kind(node.partitions_def), []).append(key)
     unknown = set(by_kind) - set(_RUN_ORDER)
     if unknown:
         raise RuntimeError(f"the demo does not know how to run partitions {sorted(map(str, unknown))}")
+    return {kind: sorted(keys, key=lambda k: k.to_user_string()) for kind, keys in by_kind.items()}
 
-    instance = dg.DagsterInstance.get()
+
+def run_assets(
+    label: str, keys: list[dg.AssetKey], span: tuple[str, str] | None, on_step: Callable[[str], None]
+) -> RunSummary:
+    """One Dagster run of `keys` over the partition range `span` (None: unpartitioned)."""
+    from billing_pipeline.definitions import defs
+
+    tags = {"billing/source": "make demo"}
+    if span:
+        tags |= {ASSET_PARTITION_RANGE_START_TAG: span[0], ASSET_PARTITION_RANGE_END_TAG: span[1]}
+    names = [k.to_user_string() for k in keys]
+    on_step(f"run: {label}: {', '.join(names)}" + (f" for {span[0]} .. {span[1]}" if span else ""))
+    result = defs.resolve_implicit_job_def_def_for_assets(keys).execute_in_process(
+        run_config=_QUIET, instance=dg.DagsterInstance.get(), asset_selection=keys, tags=tags,
+        raise_on_error=False,
+    )
+    if not result.success:
+        on_step(f"run {label} FAILED (run id {result.run_id}); its logs are in `make ui`")
+    return RunSummary(label, f"{span[0]} .. {span[1]}" if span else "-", names, result.success)
+
+
+def materialize_month(
+    month: date, last_received: datetime, on_step: Callable[[str], None] = print
+) -> list[RunSummary]:
+    """Every asset for the month: one run per partitions definition, in dependency order."""
     summaries = []
+    by_kind = asset_keys_by_partitioning()
     for kind in _RUN_ORDER:
-        keys = sorted(by_kind.get(kind, []), key=lambda k: k.to_user_string())
-        if not keys:
-            continue
-        span = _range_for(kind, month, last_received)
-        tags = {"billing/source": "make demo"}
-        if span:
-            tags |= {ASSET_PARTITION_RANGE_START_TAG: span[0], ASSET_PARTITION_RANGE_END_TAG: span[1]}
-        label = kind or "unpartitioned"
-        on_step(f"run: {label} assets {', '.join(k.to_user_string() for k in keys)}"
-                + (f" for {span[0]} .. {span[1]}" if span else ""))
-        job = defs.resolve_implicit_job_def_def_for_assets(keys)
-        result = job.execute_in_process(
-            run_config=_QUIET, instance=instance, asset_selection=keys, tags=tags, raise_on_error=False
-        )
-        summaries.append(
-            RunSummary(label, f"{span[0]} .. {span[1]}" if span else "-", [k.to_user_string() for k in keys],
-                       result.success)
-        )
-        if not result.success:
-            on_step(f"run {label} FAILED (run id {result.run_id}); see `make ui` for its logs")
+        if by_kind.get(kind):
+            summaries.append(
+                run_assets(kind or "unpartitioned", by_kind[kind], _range_for(kind, month, last_received), on_step)
+            )
+            if not summaries[-1].success:
+                break
+    return summaries
+
+
+def run_job(job_name: str, span: tuple[str, str] | None, on_step: Callable[[str], None]) -> RunSummary:
+    """One run of a named job of the code location (the production path), over `span` if given."""
+    from billing_pipeline.definitions import defs
+
+    job = defs.resolve_job_def(job_name)
+    tags = {"billing/source": "make demo"}
+    if span:
+        tags |= {ASSET_PARTITION_RANGE_START_TAG: span[0], ASSET_PARTITION_RANGE_END_TAG: span[1]}
+    on_step(f"run: {job_name}" + (f" for {span[0]} .. {span[1]}" if span else ""))
+    result = job.execute_in_process(run_config=_QUIET, instance=dg.DagsterInstance.get(), tags=tags,
+                                    raise_on_error=False)
+    if not result.success:
+        on_step(f"run {job_name} FAILED (run id {result.run_id}); its logs are in `make ui`")
+    keys = sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)
+    return RunSummary(job_name, f"{span[0]} .. {span[1]}" if span else "-", keys, result.success)
+
+
+def settle_payments(days: list[date], on_step: Callable[[str], None]) -> list[RunSummary]:
+    """After the providers' payments, what production runs: the webhook inbox, then the daily
+    reconciliation (syncs, settlement, payment reconciliation) and accounts jobs over the payment days."""
+    span = (f"{days[0]:%Y-%m-%d}", f"{days[-1]:%Y-%m-%d}")
+    summaries = []
+    for job_name, job_span in (
+        ("webhook_inbox_job", None),
+        ("daily_reconciliation_job", span),
+        ("daily_accounts_job", span),
+    ):
+        summaries.append(run_job(job_name, job_span, on_step))
+        if not summaries[-1].success:
             break
     return summaries
 
@@ -118,6 +161,10 @@ def table_counts(settings: Settings) -> dict[str, int]:
 
 
 def run_demo(settings: Settings, month: date | None, events: int, on_step: Callable[[str], None]) -> dict:
+    from billing_pipeline.calls.demo import seed_demo_calls, top_up_demo_wallets
+    from billing_pipeline.demo.providers import fake_providers
+    from billing_pipeline.payments.demo import seed_demo_payments
+
     logging.getLogger("dagster").setLevel(logging.WARNING)
     ensure_dagster_home(settings)
     month = month or generate.previous_month()
@@ -126,9 +173,8 @@ def run_demo(settings: Settings, month: date | None, events: int, on_step: Calla
     applied = migrations.upgrade(engine)
     on_step(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
 
-    catalog_path = generate.write_catalog(
-        generate.demo_catalog(month), settings.home_dir / "demo-catalog.yaml"
-    )
+    demo_catalog = generate.demo_catalog(month)
+    catalog_path = generate.write_catalog(demo_catalog, settings.home_dir / "demo-catalog.yaml")
     changes = catalog.apply_catalog(
         engine, catalog.load_catalog(catalog_path), source=str(catalog_path), applied_by="demo"
     )
@@ -144,5 +190,29 @@ def run_demo(settings: Settings, month: date | None, events: int, on_step: Calla
     with edge_store.opened(settings.edge_path) as conn:
         last = conn.execute("SELECT max(received_at) FROM events").fetchone()[0]
     last_received = datetime.fromisoformat(last.replace("Z", "+00:00")).astimezone(timezone.utc)
-    runs = materialize_month(month, last_received, on_step)
+
+    with fake_providers() as providers:
+        on_step(f"fake providers: Stripe, Razorpay and Vapi fakes and the webhook API at {providers.api_url}")
+        usd_orgs = [o["id"] for o in demo_catalog["organisations"] if o["currency"] == "USD"]
+        with engine.begin() as conn:
+            top_up_demo_wallets(conn, usd_orgs, 20_000, actor="demo")
+        calls = seed_demo_calls(
+            providers.vapi, month, usd_orgs, webhook_url=f"{providers.api_url}/webhooks/vapi",
+            webhook_secret=providers.vapi_webhook_secret,
+        )
+        on_step(
+            f"vapi: {len(calls.calls)} calls, {len(calls.missing_webhook_ids)} of them without their"
+            " end-of-call webhook (call reconciliation recovers them)"
+        )
+        runs = materialize_month(month, last_received, on_step)
+        if all(r.success for r in runs):
+            payments = seed_demo_payments(
+                engine, providers.stripe, providers.razorpay, month=month,
+                webhook_url=providers.api_url,
+            )
+            on_step(
+                f"payments: {payments.webhooks_delivered} signed webhooks for {month:%Y-%m}'s invoices on"
+                f" {payments.days[0]} .. {payments.days[-1]}, with {len(payments.expected)} injected discrepancies"
+            )
+            runs += settle_payments(payments.days, on_step)
     return {"month": month, "runs": runs, "counts": table_counts(settings)}

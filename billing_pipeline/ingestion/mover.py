@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 from billing_pipeline import edge_store
 
 DEFAULT_BATCH_SIZE = 50_000
-_LOCK = "billing.warehouse_events"
+# The advisory lock every writer of billing.events holds (finalization takes it too).
+MOVER_LOCK = "billing.warehouse_events"
 
 
 def sql_text(name: str) -> str:
@@ -93,7 +94,7 @@ def move_batch(engine: Engine, edge: sqlite3.Connection, rows: list[tuple]) -> M
     """Stage, validate and commit one batch in one warehouse transaction, then mark it processed."""
     result = MoveResult(read=len(rows), batches=1)
     with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _LOCK})
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": MOVER_LOCK})
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")  # the checked batch sorts/hashes in memory
         stage_edge_rows(conn, rows)
         cursor = conn.connection.cursor()

@@ -78,12 +78,18 @@ def event_reconciliation(
     )
 
 
-@dg.asset(partitions_def=daily, deps=[warehouse_events], group_name="ingestion", kinds={"sqlite"})
+@dg.asset(
+    partitions_def=daily,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[warehouse_events],
+    group_name="ingestion",
+    kinds={"sqlite"},
+)
 def edge_retention(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, edge: EdgeStoreResource
 ) -> dg.MaterializeResult:
     """Deletes edge rows processed more than 7 days (RETENTION_DAYS) before the end of the
-    partition's day, each only after checking it is in the warehouse; reports what it refused."""
+    partition's window, each only after checking it is in the warehouse; reports what it refused."""
     _, end = context.partition_time_window
     with edge.connect() as conn:
         result = edge_checks.purge_processed(warehouse.engine, conn, end - timedelta(days=RETENTION_DAYS))

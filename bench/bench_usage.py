@@ -1,0 +1,278 @@
+"""Usage aggregation through the dbt assets (issue 4), against baselines measured in the same run.
+
+On its own embedded PostgreSQL (bench_home: a temporary BILLING_HOME, the product's code path), N
+events (default 1,000,000) over one month, six billable metrics (one per aggregation type), 100
+organisations with 3 projects each, inserted in occurred_at order. Figures:
+
+  - month_usage_daily_sql_s: usage_daily's SQL for the month backfill (one run, one dbt invocation,
+    `BackfillPolicy.single_run`), against ctas_group_by: a hand-written CREATE TABLE AS ... GROUP BY
+    organisation, project, metric, day over the same rows (target ratio <= 3). "SQL" is the time of
+    the statements dbt sent for the model (from dbt's debug log: the model's query into a temp table,
+    the window's delete and insert, dbt's catalog look-ups); *_node_s is dbt's whole node time;
+  - month_models_sql_s: every model's SQL in that run (views, usage_daily, usage_period with
+    unique_count, latest and weighted_sum over the month's raw events), same baseline;
+  - month_tests_sql_s: the dbt data tests of the run (asset checks);
+  - month_run_s: the whole Dagster run, same baseline; split into dbt_startup_s (the dbt process
+    before and after its SQL: Python imports, parsing with the run's vars, artifacts),
+    dagster_overhead_s (the run around the dbt invocation; the first run of a process also imports
+    dbt in-process for dagster-dbt's adapter handle) and the SQL above;
+  - day_refresh_usage_daily_sql_s: re-aggregating one day (a late-event refresh) in usage_daily,
+    against ctas_group_by_one_day (target <= 0.25 s of SQL), and day_refresh_models_sql_s, the
+    same run's SQL including usage_period recomputing the day's month;
+  - late_event_sensor_tick_s: one evaluation of the late-event sensor finding that day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sqlalchemy as sa  # noqa: E402
+from common import Timer, bench_home, report  # noqa: E402
+
+MONTH = date(2026, 9, 1)
+NEXT_MONTH = date(2026, 10, 1)
+ORGS = 100
+PROJECTS = 3
+METRICS = [
+    ("api_calls", "count", None, False),
+    ("tokens", "sum", None, False),
+    ("seats_peak", "max", None, False),
+    ("active_users", "unique_count", "user_id", False),
+    ("plan_seats", "latest", None, False),
+    ("storage_gb", "weighted_sum", None, True),
+]
+BENCH = "usage"
+
+
+def seed(engine: sa.Engine, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO billing.billable_metrics (code, name, aggregation, field_name, allow_negative)"
+                " VALUES (:c, :c, :a, :f, :n)"
+            ),
+            [{"c": c, "a": a, "f": f, "n": neg} for c, a, f, neg in METRICS],
+        )
+        conn.execute(
+            sa.text("SELECT billing.ensure_event_partitions(:a, :b)"),
+            {"a": MONTH - timedelta(days=31), "b": MONTH},
+        )
+        seconds = int(
+            (
+                datetime.combine(NEXT_MONTH, datetime.min.time())
+                - datetime.combine(MONTH, datetime.min.time())
+            ).total_seconds()
+        )
+        # i-th event at a steady pace through the month (arrival order = occurred_at order)
+        conn.execute(
+            sa.text(
+                """
+                INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity,
+                                            occurred_at, received_at, properties, fingerprint)
+                SELECT 'e' || g,
+                       'org_' || (g % :orgs),
+                       'prj_' || (g % :orgs) || '_' || (g % :projects),
+                       (ARRAY['api_calls','tokens','seats_peak','active_users','plan_seats','storage_gb'])[1 + g % 6],
+                       CASE WHEN g % 6 = 5 THEN ((g % 7) - 3)::numeric ELSE (1 + g % 13)::numeric / 4 END,
+                       ts, ts + interval '2 seconds',
+                       CASE WHEN g % 6 = 3 THEN jsonb_build_object('user_id', 'u' || (g % 997)) END,
+                       md5(g::text)
+                FROM generate_series(0, :n - 1) AS g,
+                     LATERAL (SELECT CAST(:month AS timestamptz) + (g::float8 * :seconds / :n) * interval '1 second') AS t(ts)
+                """
+            ),
+            {
+                "orgs": ORGS,
+                "projects": PROJECTS,
+                "n": n,
+                "seconds": seconds,
+                "month": MONTH.isoformat() + " 00:00+00",
+            },
+        )
+        # the previous month's storage levels, carried into this month by weighted_sum
+        conn.execute(
+            sa.text(
+                "INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity,"
+                " occurred_at, received_at, fingerprint)"
+                " SELECT 'prev' || o, 'org_' || o, 'prj_' || o || '_0', 'storage_gb', 50, :at, :at, 'p' || o"
+                " FROM generate_series(0, :orgs - 1) AS o"
+            ),
+            {"orgs": ORGS, "at": datetime.combine(MONTH - timedelta(days=10), datetime.min.time(), UTC)},
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE billing.events")
+
+
+def ctas_seconds(engine: sa.Engine, start: date, end: date) -> float:
+    """The hand-written baseline: one CREATE TABLE AS ... GROUP BY over the same events."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS public.bench_usage_ctas")
+        with Timer() as t:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE public.bench_usage_ctas AS"
+                    " SELECT organisation_id, project_id, metric, (occurred_at AT TIME ZONE 'UTC')::date AS usage_date,"
+                    "        count(*) AS event_count, sum(quantity) AS quantity_sum, max(quantity) AS quantity_max"
+                    " FROM billing.events"
+                    " WHERE occurred_at >= CAST(:s AS timestamptz) AND occurred_at < CAST(:e AS timestamptz)"
+                    " GROUP BY 1, 2, 3, 4"
+                ),
+                {"s": f"{start} 00:00+00", "e": f"{end} 00:00+00"},
+            )
+        conn.exec_driver_sql("DROP TABLE public.bench_usage_ctas")
+    return t.seconds
+
+
+def run_figures(instance, result, project_dir: Path) -> dict:
+    """Times of one usage run: the dbt invocation from the run's logs, SQL from dbt's run_results."""
+    started = finished = None
+    for event in instance.all_logs(result.run_id):
+        message = event.user_message or ""
+        if "Running dbt command" in message:
+            started = event.timestamp
+        elif "Finished dbt command" in message:
+            finished = event.timestamp
+    [target] = [p for p in (project_dir / "target").glob(f"usage_dbt_models-{result.run_id[:7]}-*")]
+    run_results = json.loads((target / "run_results.json").read_text())
+    # SQL time per node: dbt's debug log times every statement it sends (SQLQueryStatus), on the
+    # connection named after the node (the SQLQuery just before it on the same thread)
+    sql: dict[str, float] = {}
+    connection_by_thread: dict[str, str] = {}
+    for line in (target / "dbt.log").read_text().splitlines():
+        event = json.loads(line)
+        name, thread = event["info"]["name"], event["info"]["thread"]
+        if name == "SQLQuery":
+            connection_by_thread[thread] = event["data"]["conn_name"]
+        elif name == "SQLQueryStatus" and thread in connection_by_thread:
+            node = connection_by_thread[thread]
+            sql[node] = sql.get(node, 0.0) + float(event["data"]["elapsed"])
+    models = {uid.split(".")[-1]: t for uid, t in sql.items() if uid.startswith("model.")}
+    return {
+        "invocation_s": finished - started,
+        "dbt_elapsed_s": float(run_results["elapsed_time"]),
+        "models": models,
+        "nodes_s": {
+            r["unique_id"].split(".")[-1]: float(r["execution_time"])
+            for r in run_results["results"]
+            if r["unique_id"].startswith("model.")
+        },
+        "tests_s": sum(t for uid, t in sql.items() if uid.startswith("test.")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    with bench_home() as settings:
+        import dagster as dg
+
+        from billing_pipeline.defs.resources import RESOURCES, WarehouseResource
+        from billing_pipeline.defs.usage import defs as usage_defs
+        from billing_pipeline.defs.usage.partitions import usage_daily_partitions
+        from billing_pipeline.defs.usage.project import DBT_PROJECT_DIR
+        from billing_pipeline.warehouse import get_engine
+
+        engine = get_engine(settings)
+        seed(engine, args.events)
+        dbt_keys = [
+            dg.AssetKey(k) for k in ("stg_billable_metrics", "stg_events", "usage_daily", "usage_period")
+        ]
+        unit_tests = next(c for c in usage_defs.asset_checks if c.node_def.name == "usage_dbt_unit_tests")
+        # the dbt assets and their data tests, as usage_job runs them, without the reconciliation
+        dbt_job = dg.define_asset_job(
+            "bench_usage_dbt",
+            partitions_def=usage_daily_partitions,
+            selection=dg.AssetSelection.assets(*dbt_keys) - dg.AssetSelection.checks(unit_tests),
+        )
+        defs = dg.Definitions.merge(usage_defs, dg.Definitions(jobs=[dbt_job], resources=RESOURCES))
+        job = defs.resolve_job_def("bench_usage_dbt")
+        instance = dg.DagsterInstance.ephemeral()
+
+        ctas_seconds(engine, MONTH, NEXT_MONTH)  # warm the cache for both sides
+        ctas_s = ctas_seconds(engine, MONTH, NEXT_MONTH)
+
+        tags = {
+            "dagster/asset_partition_range_start": MONTH.isoformat(),
+            "dagster/asset_partition_range_end": (NEXT_MONTH - timedelta(days=1)).isoformat(),
+        }
+        with Timer() as run_t:
+            result = job.execute_in_process(instance=instance, tags=tags)
+        assert result.success
+        month = run_figures(instance, result, DBT_PROJECT_DIR)
+        daily_s = month["models"]["usage_daily"]
+        models_s = sum(month["models"].values())
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT sum(event_count) FROM usage.usage_daily")).scalar_one()
+        assert rows == args.events, (rows, args.events)
+
+        report(BENCH, "month_usage_daily_sql_s", daily_s, "ctas_group_by", ctas_s)
+        report(BENCH, "month_usage_daily_node_s", month["nodes_s"]["usage_daily"], "ctas_group_by", ctas_s)
+        report(BENCH, "month_models_sql_s", models_s, "ctas_group_by", ctas_s)
+        report(BENCH, "month_usage_period_sql_s", month["models"]["usage_period"])
+        report(BENCH, "month_tests_sql_s", month["tests_s"])
+        report(BENCH, "month_dbt_invocation_s", month["invocation_s"], "ctas_group_by", ctas_s)
+        report(BENCH, "month_run_s", run_t.seconds, "ctas_group_by", ctas_s)
+        report(BENCH, "dbt_startup_s", month["invocation_s"] - month["dbt_elapsed_s"])
+        report(BENCH, "dagster_overhead_s", run_t.seconds - month["invocation_s"])
+
+        # A late event for the 15th: the sensor finds the day, one run re-aggregates it.
+        day = MONTH + timedelta(days=14)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity, occurred_at,"
+                    " received_at, fingerprint) VALUES ('late-1', 'org_1', 'prj_1_1', 'tokens', 1, :at, now(), 'late')"
+                ),
+                {"at": datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=12)},
+            )
+        sensor = defs.resolve_sensor_def("usage_late_events_sensor")
+        with (
+            Timer() as tick_t,
+            dg.build_sensor_context(
+                instance=instance, resources={"warehouse": WarehouseResource()}
+            ) as context,
+        ):
+            tick = sensor(context)
+        [request] = tick.run_requests
+        assert request.partition_key == day.isoformat(), request
+        report(BENCH, "late_event_sensor_tick_s", tick_t.seconds)
+
+        ctas_day_s = min(ctas_seconds(engine, day, day + timedelta(days=1)) for _ in range(3))
+        with Timer() as day_run_t:
+            day_result = job.execute_in_process(
+                instance=instance, partition_key=request.partition_key, tags=request.tags
+            )
+        assert day_result.success
+        refresh = run_figures(instance, day_result, DBT_PROJECT_DIR)
+        report(
+            BENCH,
+            "day_refresh_usage_daily_sql_s",
+            refresh["models"]["usage_daily"],
+            "ctas_group_by_one_day",
+            ctas_day_s,
+        )
+        report(BENCH, "day_refresh_usage_period_sql_s", refresh["models"]["usage_period"])
+        report(
+            BENCH,
+            "day_refresh_models_sql_s",
+            sum(refresh["models"].values()),
+            "ctas_group_by_one_day",
+            ctas_day_s,
+        )
+        report(BENCH, "day_refresh_tests_sql_s", refresh["tests_s"])
+        report(BENCH, "day_refresh_run_s", day_run_t.seconds, "ctas_group_by_one_day", ctas_day_s)
+        report(BENCH, "day_refresh_dbt_startup_s", refresh["invocation_s"] - refresh["dbt_elapsed_s"])
+        report(BENCH, "day_refresh_dagster_overhead_s", day_run_t.seconds - refresh["invocation_s"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""invoice_drafts and finalized_invoices: thin wiring around billing_pipeline.invoicing."""
+
+import dagster as dg
+
+from billing_pipeline.audit import run_actor
+from billing_pipeline.defs.partitions import monthly
+from billing_pipeline.defs.resources import WarehouseResource
+from billing_pipeline.invoicing import drafts, finalize
+
+# The dbt model usage.usage_period (one row per organisation, metric and month).
+USAGE_PERIOD = dg.AssetKey("usage_period")
+
+# No BackfillPolicy.single_run here: a backfill runs one month per run (Dagster's default), because a
+# month's drafts read what earlier months' invoices billed (late usage, credits) and each month's
+# checks must gate that month's finalization alone.
+
+
+def _markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name="invoicing",
+    partitions_def=monthly,  # a month is a partition once it has ended
+    deps=[USAGE_PERIOD],
+    kinds={"postgres"},
+    tags={"domain": "invoicing"},
+)
+def invoice_drafts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Draft invoices of the month (billing.invoices with status draft, billing.invoice_lines): one per
+    organisation and currency, a line per charge, commitment true-up, discounts, tax, credits, and late
+    usage of closed months. Re-materializing replaces the month's drafts; a closed month is left as is."""
+    period_start = context.partition_time_window.start.date()
+    result = drafts.build_drafts(warehouse.engine, period_start, run_actor(context.run_id))
+    biggest = sorted(result.drafts, key=lambda d: d.total_minor, reverse=True)[:10]
+    table = [
+        {"organisation": d.organisation_id, "currency": d.currency, "total_minor": d.total_minor,
+         "lines": len(d.lines), "problems": len(d.problems)}  # fmt: skip
+        for d in biggest
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            **result.summary(),
+            "dagster/row_count": len(result.drafts),
+            "largest_drafts": dg.MetadataValue.md(
+                _markdown_table(table, ["organisation", "currency", "total_minor", "lines", "problems"])
+            ),
+        }
+    )
+
+
+@dg.asset(
+    group_name="invoicing",
+    partitions_def=monthly,  # a month is a partition once it has ended
+    deps=[invoice_drafts],
+    kinds={"postgres"},
+    tags={"domain": "invoicing"},
+)
+def finalized_invoices(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The month's finalized invoices: numbered gap-free per year, immutable (database triggers), the month
+    closed. Runs only when every blocking check on invoice_drafts passed (in the run, and as recorded
+    against the very draft build being finalized)."""
+    period_start = context.partition_time_window.start.date()
+    result = finalize.finalize_month(warehouse.engine, period_start, run_actor(context.run_id))
+    return dg.MaterializeResult(
+        metadata={**result.summary(), "dagster/row_count": len(result.invoices)}
+    )

@@ -1,0 +1,221 @@
+{#-
+  Usage per organisation, billable metric and calendar month (UTC), for every aggregation type,
+  following Lago's documented semantics (docs.getlago.com, "Aggregation types"; lago-api
+  app/services/billable_metrics/aggregations/*.rb and events/stores/postgres/weighted_sum_query.rb):
+
+    count         number of events                       from usage_daily
+    sum           sum of quantity                        from usage_daily
+    max           largest quantity                       from usage_daily
+    unique_count  distinct non-null values of properties ->> field_name, over the month's raw events
+    latest        quantity of the month's last event (by occurred_at), over raw events
+    weighted_sum  time-weighted level over the month: each event's quantity changes the level; the
+                  level is held until the next event or the period end, and
+                  units = sum(level * seconds held) / seconds in the month. As in Lago's recurring
+                  weighted_sum, the level carries over: the month starts at the sum of every earlier
+                  change (here from raw events, so a late event in an earlier month is never missed).
+
+  Incremental: a run replaces the whole months its window [min_date, max_date) touches
+  (replace_window on period_start, month grain).
+-#}
+{{ config(
+    incremental_strategy='replace_window',
+    window_column='period_start',
+    window_grain='month',
+    indexes=[
+        {'columns': ['period_start', 'organisation_id', 'metric'], 'unique': True},
+    ],
+) }}
+{%- set window = usage_window_bounds('month') %}
+
+with metrics as (
+    select metric, aggregation, field_name
+    from {{ ref('stg_billable_metrics') }}
+),
+
+months as (
+{%- if window %}
+    select m::date as period_start, (m + interval '1 month')::date as period_end
+    from generate_series(
+        '{{ window.start.isoformat() }}'::timestamp,
+        '{{ window.last_month.isoformat() }}'::timestamp,
+        interval '1 month'
+    ) as m
+{%- else %}
+    -- full build: every month from the first to the last day that has usage
+    select m::date as period_start, (m + interval '1 month')::date as period_end
+    from (
+        select min(d) as first_day, max(d) as last_day
+        from (
+            select usage_date as d from {{ ref('usage_daily') }}
+            union all
+            select usage_date from {{ ref('stg_events') }}
+        ) as days
+    ) as bounds
+    cross join lateral generate_series(
+        date_trunc('month', bounds.first_day), date_trunc('month', bounds.last_day), interval '1 month'
+    ) as m
+    where bounds.first_day is not null
+{%- endif %}
+),
+
+-- count, sum and max: from the daily pre-aggregates
+daily as materialized (
+    select
+        d.organisation_id,
+        d.metric,
+        date_trunc('month', d.usage_date)::date as period_start,
+        sum(d.event_count)::bigint as event_count,
+        sum(d.quantity_sum) as quantity_sum,
+        max(d.quantity_max) as quantity_max
+    from {{ ref('usage_daily') }} as d
+    where {{ usage_date_filter('d.usage_date', 'month') }}
+    group by 1, 2, 3
+),
+
+-- unique_count, latest and weighted_sum: one pass over the months' raw events of those metrics,
+-- hash aggregates only (no sort of the month's events). The inner grouping keeps one row per distinct
+-- property value of unique_count metrics; weighted_sum needs, per event, its change times the
+-- seconds from the event to the period end (see `weighted` below).
+raw_groups as (
+    select
+        e.organisation_id,
+        e.metric,
+        e.period_start,
+        case when mt.aggregation = 'unique_count' then e.properties ->> mt.field_name end as unique_value,
+        sum(e.quantity * extract(epoch from {{ utc_midnight('e.period_end') }} - e.occurred_at))
+            filter (where mt.aggregation = 'weighted_sum') as ws_area,
+        sum(e.quantity) filter (where mt.aggregation = 'weighted_sum') as ws_delta,
+        count(*) filter (where mt.aggregation = 'weighted_sum') as ws_events,
+        max(e.occurred_at) filter (where mt.aggregation = 'latest') as latest_at
+    from (
+        select
+            *,
+            date_trunc('month', usage_date)::date as period_start,
+            (date_trunc('month', usage_date) + interval '1 month')::date as period_end
+        from {{ ref('stg_events') }}
+        where {{ usage_ts_filter('occurred_at', 'month') }}
+    ) as e
+    inner join metrics as mt
+        on mt.metric = e.metric and mt.aggregation in ('unique_count', 'latest', 'weighted_sum')
+    group by 1, 2, 3, 4
+),
+
+raw_period as materialized (
+    select
+        organisation_id,
+        metric,
+        period_start,
+        count(unique_value) as unique_values,   -- distinct non-null values (one row each above)
+        sum(ws_area) as ws_area,
+        sum(ws_delta) as ws_delta,
+        sum(ws_events) as ws_events,
+        max(latest_at) as latest_at
+    from raw_groups
+    group by organisation_id, metric, period_start
+),
+
+-- latest: the quantity of the month's last event; equal occurred_at broken by the later received_at,
+-- then the greater event_id (a look-up by the events' (organisation_id, metric, occurred_at) index)
+latest as (
+    select distinct on (r.organisation_id, r.metric, r.period_start)
+        r.organisation_id,
+        r.metric,
+        r.period_start,
+        e.quantity as units
+    from raw_period as r
+    inner join {{ ref('stg_events') }} as e
+        on e.organisation_id = r.organisation_id and e.metric = r.metric and e.occurred_at = r.latest_at
+    where r.latest_at is not null
+    order by r.organisation_id, r.metric, r.period_start, e.received_at desc, e.event_id desc
+),
+
+-- weighted_sum: the level before the first month built is the sum of every earlier change
+ws_prior as (
+    select e.organisation_id, e.metric, sum(e.quantity) as level
+    from {{ ref('stg_events') }} as e
+    inner join metrics as mt on mt.metric = e.metric and mt.aggregation = 'weighted_sum'
+{%- if window %}
+    where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+{%- else %}
+    where e.occurred_at < (select {{ utc_midnight('min(period_start)') }} from months)
+{%- endif %}
+    group by e.organisation_id, e.metric
+),
+
+ws_grid as (
+    select
+        k.organisation_id,
+        k.metric,
+        m.period_start,
+        m.period_end,
+        coalesce(p.level, 0) + coalesce(sum(coalesce(r.ws_delta, 0)) over (
+            partition by k.organisation_id, k.metric
+            order by m.period_start
+            rows between unbounded preceding and 1 preceding
+        ), 0) as opening_level,
+        coalesce(r.ws_delta, 0) as delta,
+        coalesce(r.ws_area, 0) as area,
+        coalesce(r.ws_events, 0) as events
+    from (
+        select organisation_id, metric from ws_prior
+        union
+        select r.organisation_id, r.metric from raw_period as r where r.ws_events > 0
+    ) as k
+    cross join months as m
+    left join ws_prior as p on p.organisation_id = k.organisation_id and p.metric = k.metric
+    left join raw_period as r
+        on r.organisation_id = k.organisation_id and r.metric = k.metric and r.period_start = m.period_start
+),
+
+-- Lago's query sums, over the segments between changes, level x seconds held / seconds in the
+-- period, the opening level entering as a change at the period start. The level at t is
+-- opening + the changes at or before t, so that sum is (opening x T + sum of change x seconds from
+-- the change to the period end) / T, with T the seconds in the period: the same number, with no
+-- ordering of the events.
+weighted as materialized (
+    select
+        organisation_id,
+        metric,
+        period_start,
+        (opening_level * extract(epoch from {{ utc_midnight('period_end') }} - {{ utc_midnight('period_start') }}) + area)
+            / extract(epoch from {{ utc_midnight('period_end') }} - {{ utc_midnight('period_start') }}) as units,
+        opening_level,
+        opening_level + delta as closing_level
+    from ws_grid
+    where opening_level <> 0 or events > 0
+),
+
+period_keys as (
+    select organisation_id, metric, period_start from daily
+    union
+    select organisation_id, metric, period_start from weighted
+)
+
+select
+    k.organisation_id::text as organisation_id,
+    k.metric::text as metric,
+    mt.aggregation::text as aggregation,
+    k.period_start::date as period_start,
+    m.period_end::date as period_end,
+    round(case mt.aggregation
+        when 'count' then coalesce(d.event_count, 0)
+        when 'sum' then coalesce(d.quantity_sum, 0)
+        when 'max' then d.quantity_max
+        when 'unique_count' then coalesce(r.unique_values, 0)
+        when 'latest' then l.units
+        when 'weighted_sum' then coalesce(w.units, 0)
+    end, 12)::numeric(38, 12) as units,
+    coalesce(d.event_count, 0)::bigint as event_count,
+    round(w.opening_level, 12)::numeric(38, 12) as opening_level,
+    round(w.closing_level, 12)::numeric(38, 12) as closing_level
+from period_keys as k
+inner join metrics as mt on mt.metric = k.metric
+inner join months as m on m.period_start = k.period_start
+left join daily as d
+    on d.organisation_id = k.organisation_id and d.metric = k.metric and d.period_start = k.period_start
+left join raw_period as r
+    on r.organisation_id = k.organisation_id and r.metric = k.metric and r.period_start = k.period_start
+left join latest as l
+    on l.organisation_id = k.organisation_id and l.metric = k.metric and l.period_start = k.period_start
+left join weighted as w
+    on w.organisation_id = k.organisation_id and w.metric = k.metric and w.period_start = k.period_start
