@@ -52,11 +52,11 @@ def now_text() -> str:
     return utc_text(datetime.now(timezone.utc))
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
+def connect(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
     """Open (creating if missing) the edge store; WAL so the API writes while the mover reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=check_same_thread)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -71,6 +71,11 @@ def opened(path: Path | str) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def path_of(conn: sqlite3.Connection) -> Path:
+    """The file behind an open edge store connection."""
+    return Path(conn.execute("PRAGMA database_list").fetchone()[2])
 
 
 @contextmanager

@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -122,13 +123,33 @@ def move_window(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[MoveResult], None] | None = None,
 ) -> MoveResult:
-    """Move every unprocessed edge row received in [start, end), plus any row no window can hold."""
+    """Move every unprocessed edge row received in [start, end), plus any row no window can hold.
+
+    The next page is read from the edge store (on a second connection, in a thread) while the
+    warehouse works on the current one.
+    """
     total = MoveResult()
-    pages = edge_store.read_window(edge, edge_store.hour_text(start), edge_store.hour_text(end), batch_size)
     unwindowed = edge_store.read_unwindowed(edge)
-    for rows in itertools.chain([unwindowed] if unwindowed else [], pages):
-        batch = move_batch(engine, edge, rows)
-        total.add(batch)
-        if on_batch:
-            on_batch(batch)
+    reader = edge_store.connect(edge_store.path_of(edge), check_same_thread=False)
+    ahead = _read_ahead(
+        edge_store.read_window(reader, edge_store.hour_text(start), edge_store.hour_text(end), batch_size)
+    )
+    try:
+        for rows in itertools.chain([unwindowed] if unwindowed else [], ahead):
+            batch = move_batch(engine, edge, rows)
+            total.add(batch)
+            if on_batch:
+                on_batch(batch)
+    finally:
+        ahead.close()  # waits for a read in flight before its connection closes
+        reader.close()
     return total
+
+
+def _read_ahead(pages: Iterator[list[tuple]]) -> Iterator[list[tuple]]:
+    """The same pages, each read in a worker thread while the caller processes the previous one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-reader") as pool:
+        upcoming = pool.submit(next, pages, None)
+        while (page := upcoming.result()) is not None:
+            upcoming = pool.submit(next, pages, None)
+            yield page
