@@ -31,6 +31,7 @@ from pydantic import (
 )
 from sqlalchemy.engine import Engine
 
+from billing_pipeline import audit
 from billing_pipeline.money import is_valid_currency
 from billing_pipeline.pricing import validate_charge
 
@@ -349,6 +350,50 @@ def load_catalog(path: Path | str) -> Catalog:
     return parse_catalog(text, str(path))
 
 
+# What finance and support care about when an organisation's catalog entry changes (audited).
+_AUDITED = """
+SELECT o.organisation_id, jsonb_build_object('plan', p.code || ' v' || p.version, 'currency', o.currency,
+    'provider', o.provider, 'tax_rate', o.tax_rate, 'discounts', o.discounts,
+    'prepaid_credits_minor', o.prepaid_credits_minor, 'debt_limit_minor', o.debt_limit_minor,
+    'recharge_threshold_minor', o.recharge_threshold_minor, 'trial_ends_at', o.trial_ends_at) AS state
+FROM billing.organisations o JOIN billing.plans p USING (plan_id)
+WHERE o.organisation_id = ANY(CAST(:ids AS text[]))
+"""
+
+
+def _organisations_before(conn: sa.Connection, catalog: Catalog, source: str) -> dict[str, dict]:
+    """The current state of the catalog's organisations; refuses a currency change once an
+    organisation has invoices or a wallet (their amounts are in the old currency)."""
+    ids = [o.id for o in catalog.organisations]
+    before = {r.organisation_id: r.state for r in conn.execute(sa.text(_AUDITED), {"ids": ids})}
+    moved = [o.id for o in catalog.organisations if o.id in before and before[o.id]["currency"] != o.currency]
+    if moved:
+        stuck = conn.execute(
+            sa.text(
+                "SELECT organisation_id FROM billing.invoices WHERE organisation_id = ANY(CAST(:ids AS text[]))"
+                " UNION SELECT organisation_id FROM billing.wallets WHERE organisation_id = ANY(CAST(:ids AS text[]))"
+                " ORDER BY 1"
+            ),
+            {"ids": moved},
+        ).scalars().all()
+        if stuck:
+            raise CatalogError(source, [
+                f"organisations: {org}: currency cannot change once it has invoices or a wallet" for org in stuck
+            ])
+    return before
+
+
+def _organisation_audit(conn, ids: list[str], before: dict[str, dict], actor: str, source: str):
+    after = {r.organisation_id: r.state for r in conn.execute(sa.text(_AUDITED), {"ids": ids})}
+    return [
+        audit.AuditEntry(
+            "organisation", org, "catalog_created" if org not in before else "catalog_changed", actor,
+            detail={"source": source, "before": before.get(org), "after": after[org]},
+        )
+        for org in ids
+    ]
+
+
 def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: str) -> dict:
     """Upsert the catalog in one transaction; returns counts of what changed (all zero on a re-apply)."""
     summary = {"metrics_changed": 0, "plan_versions_created": 0, "organisations_changed": 0, "projects_changed": 0}
@@ -426,9 +471,11 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
             plan_ids[plan.code] = plan_id
             summary["plan_versions_created"] += 1
 
+        before = _organisations_before(conn, catalog, source)
+        changed_orgs = []
         for org in catalog.organisations:
             entry = org.model_dump(exclude={"projects"})
-            summary["organisations_changed"] += conn.execute(
+            changed = conn.execute(
                 sa.text(
                     """
                     INSERT INTO billing.organisations (organisation_id, name, plan_code, plan_id, currency,
@@ -468,6 +515,9 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                     "hash": content_hash(entry),
                 },
             ).rowcount
+            summary["organisations_changed"] += changed
+            if changed:
+                changed_orgs.append(org.id)
             for project in org.projects:
                 summary["projects_changed"] += conn.execute(
                     sa.text(
@@ -482,6 +532,7 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                     {"id": project.id, "org": org.id, "name": project.name},
                 ).rowcount
 
+        audit.record(conn, _organisation_audit(conn, changed_orgs, before, applied_by, source))
         if any(summary.values()):
             conn.execute(
                 sa.text(

@@ -144,6 +144,11 @@ def production_problems(settings: Settings) -> list[str]:
                     f"BILLING_DATABASE_URL password is too short ({len(password)} characters;"
                     f" at least {MIN_SECRET_LENGTH} required)"
                 )
+    previous = settings.value_of("STRIPE_WEBHOOK_SECRET_PREVIOUS")
+    if previous:  # optional, but held to the same rules while a secret roll lasts
+        problem = _secret_problem("STRIPE_WEBHOOK_SECRET_PREVIOUS", previous)
+        if problem:
+            problems.append(problem)
     enabled = 0
     for provider, (names, secrets) in _PROVIDERS.items():
         values = {name: settings.value_of(name) for name in names}

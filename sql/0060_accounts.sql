@@ -46,7 +46,7 @@ CREATE TABLE billing.dunning_attempts (
     amount_minor         bigint NOT NULL CHECK (amount_minor > 0),
     currency             char(3) NOT NULL,
     due_at               timestamptz NOT NULL,
-    status               text NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed', 'skipped')),
+    status               text NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed', 'skipped', 'canceled')),
     claimed_at           timestamptz NOT NULL,
     claimed_by           text NOT NULL,
     provider_object_id   text,                -- the Stripe PaymentIntent

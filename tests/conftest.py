@@ -16,9 +16,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from hypothesis import settings as hypothesis_settings
+
 from billing_pipeline.telemetry import disable_telemetry
 
 disable_telemetry()
+# Property tests are judged on their examples, not their speed: the 2-core machine is shared and
+# runs two test workers, so Hypothesis's default 200 ms deadline per example would be noise.
+hypothesis_settings.register_profile("billing", deadline=None)
+hypothesis_settings.load_profile("billing")
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "billing_template"

@@ -111,6 +111,25 @@ def test_retry_after_a_crash_between_the_provider_call_and_the_commit_charges_on
     assert _dun(engine, url, clock).claimed == [] and len(_posts(state)) == 2
 
 
+def test_a_pending_attempt_is_not_sent_once_its_invoice_was_paid_another_way(engine, fake_stripe):
+    state, url = fake_stripe
+    invoice = _in_grace(engine)
+    clock = FixedClock(FAILED_AT + timedelta(days=1, hours=1))
+    unreachable = run_dunning(  # the send never reaches the provider: the attempt stays pending
+        engine, make_client(SK, "http://127.0.0.1:9"), as_of=clock.now(), clock=clock, actor="test",
+        retry_days=DAYS,
+    )
+    assert [a["status"] for a in _attempts(engine)] == ["pending"] and unreachable.counts()["succeeded"] == 0
+    record_charges(engine, stripe_charge(invoice, status="succeeded", at=clock.now(), customer="cus_acme"))
+
+    _dun(engine, url, clock)
+
+    assert _posts(state) == [] and state.all("charges") == []  # never a second charge
+    (attempt,) = _attempts(engine)
+    assert (attempt["status"], attempt["error_message"]) == ("canceled", "invoice paid before this attempt was sent")
+    assert audit(engine, "dunning_attempt")[-1] == (str(attempt["attempt_id"]), "canceled", "pending", "canceled")
+
+
 def test_an_attempt_pending_longer_than_stripe_keeps_keys_is_found_not_recreated(engine, fake_stripe):
     state, url = fake_stripe
     _in_grace(engine)

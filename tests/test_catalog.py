@@ -116,3 +116,25 @@ def test_changed_plan_becomes_a_new_version_and_old_stays(engine):
         ).scalar_one()
     assert versions == [(1, "0.001"), (2, "0.002")]
     assert current == 2
+
+
+def test_organisation_changes_are_audited_and_a_currency_with_a_wallet_cannot_change(engine):
+    apply_catalog(engine, load_catalog(SMALL), source="v1", applied_by="cli:alice")
+    data = small()
+    data["organisations"][0]["tax_rate"] = "0.1"
+    apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v2", applied_by="cli:bob")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT entity_id, action, actor, detail -> 'before' ->> 'tax_rate', detail -> 'after' ->> 'tax_rate'"
+            " FROM billing.audit_log WHERE entity_type = 'organisation' ORDER BY audit_id")).all()
+    assert rows == [
+        ("org_a", "catalog_created", "cli:alice", None, "0.2"),
+        ("org_b", "catalog_created", "cli:alice", None, "0.0"),
+        ("org_a", "catalog_changed", "cli:bob", "0.2", "0.1"),
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO billing.wallets (organisation_id, currency) VALUES ('org_b', 'JPY')"))
+    data["plans"][1]["currency"] = "EUR"
+    data["organisations"][1]["currency"] = "EUR"
+    with pytest.raises(CatalogError, match="org_b: currency cannot change once it has invoices or a wallet"):
+        apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v3", applied_by="cli:bob")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -235,3 +236,18 @@ def test_every_draft_total_is_subtotal_minus_discount_plus_tax_minus_credits(
     assert draft.total_minor >= 0 and 0 <= draft.discount_minor <= draft.subtotal_minor
     assert draft.subtotal_minor == sum(line.amount_minor for line in draft.lines)
     assert draft.credits_applied_minor <= credits
+
+
+def test_late_lines_bill_what_the_rounded_month_total_still_owes():
+    """Billed 6 units at 0.001 (0.006: 1 cent); the month now has 13 (0.013: still 1 cent). Rounding
+    the unrounded difference (0.007) would bill a second cent; the month owes nothing more."""
+    charge = drafts.Charge("api_calls", "count", "standard", {"unit_amount": "0.001"})
+    item = drafts.LateUsage(
+        organisation_id="org_usd", metric="api_calls", original_period_start=OCT, units_total=D(13),
+        units_billed=D(6), amount_billed=D("0.006"), amount_billed_minor=1, currency="USD", charge=charge,
+        original_invoice_number="INV-2026-000001",
+    )
+    line, amount = drafts._late_line(item)
+    assert (amount, line.units) == (D(0), D(7))
+    more = drafts._late_line(replace(item, units_total=D(16)))[1]  # 0.016 rounds to 2 cents: 1 more
+    assert more == D("0.01")

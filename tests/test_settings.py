@@ -8,7 +8,7 @@ ALL_VARS = [
     "BILLING_ENV", "BILLING_HOME", "BILLING_DATABASE_URL", "BILLING_EDGE_PATH", "STRIPE_API_KEY",
     "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE", "RAZORPAY_KEY_ID", "RAZORPAY_KEY_SECRET",
     "RAZORPAY_WEBHOOK_SECRET", "RAZORPAY_API_BASE", "VAPI_API_KEY", "VAPI_WEBHOOK_SECRET", "VAPI_API_BASE",
-    "BILLING_ALERT_WEBHOOK_URL", "BILLING_DB_POOL_SIZE",
+    "BILLING_ALERT_WEBHOOK_URL", "BILLING_DB_POOL_SIZE", "STRIPE_WEBHOOK_SECRET_PREVIOUS",
 ]  # fmt: skip
 GOOD_DB = "postgresql://billing:" + "p" * 40 + "@db.internal:5432/billing"
 GOOD_STRIPE = {"STRIPE_API_KEY": "sk_live_" + "a" * 40, "STRIPE_WEBHOOK_SECRET": "whsec_" + "b" * 40}
@@ -91,6 +91,13 @@ def test_each_secret_rule(monkeypatch, value, expected):
     problems = problems_of(monkeypatch, BILLING_DATABASE_URL=GOOD_DB, **{**GOOD_STRIPE, "STRIPE_API_KEY": value})
     assert len(problems) == 1
     assert problems[0].startswith("STRIPE_API_KEY") and expected in problems[0]
+
+
+def test_previous_stripe_secret_is_checked_when_set(monkeypatch):
+    problems = problems_of(
+        monkeypatch, BILLING_DATABASE_URL=GOOD_DB, STRIPE_WEBHOOK_SECRET_PREVIOUS="whsec_old", **GOOD_STRIPE
+    )
+    assert problems == ["STRIPE_WEBHOOK_SECRET_PREVIOUS is too short (9 characters; at least 32 required)"]
 
 
 def test_database_password_rules(monkeypatch):

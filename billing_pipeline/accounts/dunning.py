@@ -130,6 +130,17 @@ def run_dunning(
             at=as_of,
             actor=actor,
         )
+        moot = accounts.fetch(conn, "cancel_moot_dunning_attempts", {"now": clock.now()})
+        record(
+            conn,
+            [
+                AuditEntry(
+                    "dunning_attempt", str(m["attempt_id"]), "canceled", actor=actor,
+                    from_state="pending", to_state="canceled", detail=_detail(m),
+                )
+                for m in moot
+            ],
+        )
         pending = accounts.fetch(conn, "pending_dunning_attempts")
     if not pending or client is None:
         return result

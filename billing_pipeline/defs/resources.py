@@ -1,7 +1,5 @@
 """Resources shared by every domain: the warehouse and the edge store."""
 
-from __future__ import annotations
-
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path

@@ -149,13 +149,14 @@ def table_counts(settings: Settings) -> dict[str, int]:
     with engine.connect() as conn:
         tables = conn.execute(
             sa.text(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " WHERE n.nspname IN ('billing', 'usage', 'recon') AND c.relkind IN ('r', 'p', 'v')"
                 "   AND NOT c.relispartition ORDER BY 1"
             )
         ).scalars().all()
         return {
-            t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()  # names from pg_class
+            t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()  # quoted by format('%I')
             for t in tables
         }
 

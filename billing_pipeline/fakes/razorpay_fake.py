@@ -111,8 +111,8 @@ class FakeRazorpayState:
         """A payment; a captured one gets a 2% fee (+18% GST) unless given, and pays its known order."""
         captured = status in ("captured", "refunded")
         if captured and fee is None:
-            fee = round(amount * 0.02)
-            tax = round(fee * 0.18) if tax is None else tax
+            fee = (amount * 2 + 50) // 100  # 2 %, half-up in integer paise
+            tax = (fee * 18 + 50) // 100 if tax is None else tax  # 18 % GST on the fee
         failed = status == "failed"
         with self._lock:
             payment = self._put("payments", {

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 
 from billing_pipeline import audit
 from billing_pipeline.invoicing import INVOICING_LOCK, LOCK_SQL, load_sql, periods
-from billing_pipeline.money import to_minor
+from billing_pipeline.money import from_minor, to_minor
 from billing_pipeline.pricing import (
     TRUE_UP_KIND,
     Discount,
@@ -141,6 +141,7 @@ class LateUsage:
     units_total: Decimal  # the month's units with these events
     units_billed: Decimal  # what the month's invoices billed so far
     amount_billed: Decimal  # unrounded
+    amount_billed_minor: int  # as the lines were rounded
     currency: str  # of the month's invoice (or of the organisation when it had none)
     charge: Charge | None  # None: the plan did not price this metric that month
     original_invoice_number: str | None
@@ -191,6 +192,7 @@ def load_inputs(conn: sa.Connection, period_start: date, organisation_id: str | 
                 units_total=row.units_total,
                 units_billed=row.units_billed,
                 amount_billed=row.amount_billed,
+                amount_billed_minor=int(row.amount_billed_minor),
                 currency=row.currency,
                 charge=Charge.from_json(charge) if charge else None,
                 original_invoice_number=row.original_invoice_number,
@@ -247,7 +249,11 @@ def _late_line(item: LateUsage) -> tuple[DraftLine, Decimal]:
     charge = item.charge
     amounts = item.event_amounts if charge.model == "percentage" else ()
     amount_now = charge_amount(charge.pricing_dict(), item.units_total, amounts)
-    amount = max(amount_now - item.amount_billed, _ZERO)
+    # What is still owed in minor units: the month's total rounded once, less what its lines billed as
+    # rounded. (Subtracting unrounded amounts and rounding each late line again would drift by a minor
+    # unit per line.) The line's amount is then exact in minor units; pricing's one rounding keeps it.
+    owed_minor = max(to_minor(amount_now, item.currency) - item.amount_billed_minor, 0)
+    amount = from_minor(owed_minor, item.currency)
     line = DraftLine(
         kind="late_usage",
         metric=item.metric,

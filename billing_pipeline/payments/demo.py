@@ -95,7 +95,7 @@ class _Seeder:
         t = self.when()
 
         def charge(amount=total, metadata=ref, created=None, into=state, **kw):
-            fee = round(amount * 0.029) + 30 if kw.get("status", "succeeded") == "succeeded" else None
+            fee = (amount * 29 + 500) // 1000 + 30 if kw.get("status", "succeeded") == "succeeded" else None
             return into.add_charge(
                 amount, currency, customer=customer, metadata=metadata, created=created or t, fee=fee, **kw
             )
@@ -179,7 +179,7 @@ class _Seeder:
             p = pay(status="failed")
             self.razorpay_event("payment.failed", created=t, payment=p)
             self.razorpay_event("payment.authorized", created=t + 300, payment={**p, "status": "authorized"})
-            fee = round(total * 0.02)
+            fee = (total * 2 + 50) // 100
             state.update(
                 "payments",
                 p["id"],
@@ -188,7 +188,7 @@ class _Seeder:
                 error_code=None,
                 error_description=None,
                 fee=fee,
-                tax=round(fee * 0.18),
+                tax=(fee * 18 + 50) // 100,
             )
             paid(state.get("payments", p["id"]))
         elif scenario == "lost_webhook":

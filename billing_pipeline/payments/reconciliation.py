@@ -72,7 +72,7 @@ _LARGEST = sa.text("""
                    THEN abs(COALESCE(provider_amount_minor, 0) - COALESCE(internal_amount_minor, 0))
                    WHEN kind = 'duplicate' THEN provider_amount_minor
                    ELSE COALESCE(provider_amount_minor, internal_amount_minor, 0) END)
-             / power(10, CASE WHEN currency = ANY(CAST(:zero AS text[])) THEN 0
+             / power(10::numeric, CASE WHEN currency = ANY(CAST(:zero AS text[])) THEN 0
                               WHEN currency = ANY(CAST(:three AS text[])) THEN 3 ELSE 2 END) DESC,
              discrepancy_id
     LIMIT :limit

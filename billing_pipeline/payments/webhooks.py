@@ -19,7 +19,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import razorpay
 import stripe
@@ -36,7 +36,6 @@ from billing_pipeline.warehouse import get_engine
 log = logging.getLogger(__name__)
 
 STRIPE_TOLERANCE_SECONDS = 300  # https://docs.stripe.com/webhooks#replay-attacks
-# Read here and nowhere else until Settings has a field for it.
 
 
 class WebhookRejected(Exception):
@@ -136,8 +135,8 @@ def verify_razorpay(
 @dataclass
 class ReceiverState:
     engine: Engine
-    stripe_secrets: tuple[str, ...]
-    razorpay_secret: str | None
+    stripe_secrets: tuple[str, ...] = field(repr=False)
+    razorpay_secret: str | None = field(repr=False)
 
 
 def configure(app: FastAPI) -> ReceiverState:

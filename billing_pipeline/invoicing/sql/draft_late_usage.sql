@@ -1,7 +1,7 @@
 -- Late usage: events of a closed month (finalized before this one) ingested after the month closed
 -- that no invoice line has billed yet (this month's drafts excluded: they are being replaced).
 -- One row per organisation, metric and closed month, with:
---   units_billed, amount_billed  what the month's invoice and earlier late lines billed for it;
+--   units_billed, amount_billed(_minor)  what the month's invoice and earlier late lines billed for it;
 --   units_total                  the month's units with these events: the metric's aggregation over
 --                                all the month's raw events (count, sum, max, unique_count, latest);
 --                                weighted_sum: units billed + each event's quantity held from its
@@ -48,7 +48,7 @@ groups AS (
 ),
 billed AS (
     SELECT i.organisation_id, l.metric, coalesce(l.original_period_start, i.period_start) AS period_start,
-           sum(l.units) AS units, sum(l.amount_unrounded) AS amount
+           sum(l.units) AS units, sum(l.amount_unrounded) AS amount, sum(l.amount_minor) AS amount_minor
     FROM billing.invoice_lines l
     JOIN billing.invoices i ON i.invoice_id = l.invoice_id
     JOIN groups g ON g.organisation_id = i.organisation_id AND g.metric = l.metric
@@ -68,6 +68,7 @@ SELECT g.organisation_id, g.metric, g.period_start AS original_period_start,
        END AS units_total,
        coalesce(b.units, 0) AS units_billed,
        coalesce(b.amount, 0) AS amount_billed,
+       coalesce(b.amount_minor, 0) AS amount_billed_minor,
        g.events::text AS events,
        coalesce(inv.currency, o.currency) AS currency,
        inv.number AS original_invoice_number,
