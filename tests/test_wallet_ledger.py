@@ -70,7 +70,8 @@ def test_deduction_exactly_to_the_limit_succeeds_and_one_unit_more_changes_nothi
     assert "below the debt limit of -500" in refusal.detail
     actions = scalar(
         orgs,
-        "SELECT string_agg(action, ',' ORDER BY audit_id) FROM billing.audit_log WHERE entity_id = 'acme'",
+        "SELECT string_agg(action, ',' ORDER BY audit_id) FROM billing.audit_log"
+        " WHERE entity_id = 'acme' AND entity_type = 'wallet'",
     )
     assert actions == "top_up,recharged,call_charge,needs_recharge,call_charge_refused"
 
