@@ -52,7 +52,7 @@ def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at
     with cursor.copy(f"COPY edge_stage ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
-    cursor.execute("ANALYZE edge_stage")
+    # no ANALYZE: the planner sizes a fresh temp table from its pages, which is enough here
 # Monthly partitions for the batch's months (older than 400 days before arrival: the DEFAULT one).
 _ENSURE_PARTITIONS = """
 SELECT billing.ensure_event_partitions(min(occurred_ts AT TIME ZONE 'UTC')::date,
