@@ -7,7 +7,7 @@ Figures (all measured in this run, on the same rows):
     INSERT per invoice and per line (how a naive month-end script does it), timed on a sample of
     organisations (--loop-sample, 1,000) and scaled to all of them;
   - drafts_per_s: the same two runs as drafts per second (ratio = speed-up, target >= 5);
-  - month_end_job_s: the whole invoicing_month_end Dagster job in process (drafts again, the SQL
+  - month_end_job_s: the whole monthly_invoicing_job Dagster job in process (drafts again, the SQL
     checks and the Great Expectations suite, finalization), target <= 30 s.
 
 Set-up (not timed): a private embedded PostgreSQL; the catalog (5 metrics, 3 plans); organisations
@@ -269,7 +269,7 @@ def main() -> None:
         if n != args.orgs or problems:
             raise SystemExit(f"expected {args.orgs} clean drafts, got {n} with {problems} problem(s)")
 
-        job = defs.resolve_job_def("invoicing_month_end")
+        job = defs.resolve_job_def("monthly_invoicing_job")
         with Timer() as month_end:
             run = job.execute_in_process(
                 instance=dg.DagsterInstance.ephemeral(), partition_key=MONTH.isoformat(), raise_on_error=False
