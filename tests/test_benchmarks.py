@@ -1,0 +1,43 @@
+"""Every benchmark still runs (tiny sizes) and prints its figures as DESIGN.md's JSON lines.
+
+The figures themselves are measured by `make bench`; here only that the scripts work end to end.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+TINY = {
+    "bench_accounts.py": ["--organisations", "200", "--sample", "20"],
+    "bench_calls.py": ["--calls", "200", "--per-call-sample", "20"],
+    "bench_ingestion.py": ["--events", "3000", "--backfill-events", "500", "--per-row-sample", "20"],
+    "bench_invoicing.py": ["--orgs", "40", "--loop-sample", "5"],
+    "bench_payments.py": ["--records", "3000", "--posts", "50"],
+    "bench_usage.py": ["--events", "5000"],
+}
+
+
+def test_every_benchmark_is_covered():
+    assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(TINY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_benchmark_runs_and_prints_json_figures(script, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *TINY[script]], capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    with_figure = [f for f in figures if "figure" in f]
+    assert with_figure, done.stdout
+    for line in with_figure:
+        assert line["bench"] and isinstance(line["value"], (int, float)), line
+        if "baseline" in line:
+            # ratio = value / baseline_value, from the unrounded figures (the printed ones are rounded)
+            assert line["ratio"] == pytest.approx(line["value"] / line["baseline_value"], rel=0.1, abs=0.002), line
