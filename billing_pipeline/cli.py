@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from billing_pipeline.telemetry import disable_telemetry
+from billing_pipeline.telemetry import disable_telemetry, quiet_library_warnings
 
 disable_telemetry()
+quiet_library_warnings()
 
 import sys  # noqa: E402
 from datetime import date, datetime  # noqa: E402

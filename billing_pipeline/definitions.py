@@ -9,9 +9,10 @@ import dagster as dg
 
 from billing_pipeline import defs as defs_package
 from billing_pipeline.defs.resources import RESOURCES
-from billing_pipeline.telemetry import disable_telemetry
+from billing_pipeline.telemetry import disable_telemetry, quiet_library_warnings
 
 disable_telemetry()
+quiet_library_warnings()
 
 
 def domain_modules() -> list[str]:
