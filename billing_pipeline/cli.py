@@ -8,7 +8,7 @@ disable_telemetry()
 quiet_library_warnings()
 
 import sys  # noqa: E402
-from datetime import date, datetime  # noqa: E402
+from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
@@ -17,6 +17,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from billing_pipeline.settings import Settings, SettingsError, load_settings  # noqa: E402
+from billing_pipeline.utc import parse_month  # noqa: E402
 
 app = typer.Typer(help="Usage-based billing pipeline on Dagster.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="The warehouse schema (numbered SQL files in sql/).", no_args_is_help=True)
@@ -62,9 +63,9 @@ def _month(value: Optional[str]) -> Optional[date]:
     if value is None:
         return None
     try:
-        return datetime.strptime(value, "%Y-%m").date()
-    except ValueError:
-        raise typer.BadParameter("expected YYYY-MM") from None
+        return parse_month(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @db_app.command("upgrade")

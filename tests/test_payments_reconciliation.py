@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from test_payments_support import add_customers, add_invoices
 from typer.testing import CliRunner
 
+from billing_pipeline.utc import utc_midnight
 from billing_pipeline.payments import handlers, inbox, reconciliation, settlement, sync
 from billing_pipeline.payments.cli import recon_app
 from billing_pipeline.payments.demo import INJECTED, seed_demo_payments
@@ -35,7 +36,7 @@ def _dataset(engine, stripe_orgs=40, razorpay_orgs=30):
 def _run(engine, start=START, end=END):
     settings = load_settings()
     inbox.process_inbox(engine, handlers.PROVIDERS, actor="run:test")
-    start_at, end_at = (reconciliation.day_start(d) for d in (start, end))
+    start_at, end_at = (utc_midnight(d) for d in (start, end))
     sync.sync_stripe(engine, sync.stripe_client(settings), start_at, end_at, actor="run:test")
     sync.sync_razorpay(engine, sync.razorpay_client(settings), start_at, end_at, actor="run:test")
     with engine.begin() as conn:

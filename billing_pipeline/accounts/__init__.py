@@ -18,19 +18,17 @@ Statements over sets live in accounts/sql/*.sql, with bound parameters only.
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 
 import sqlalchemy as sa
 
-_SQL_DIR = Path(__file__).resolve().parent / "sql"
+from billing_pipeline import sql_files
+
 LOCK_KEY = 0x61636374  # "acct": trials, grace periods and dunning claims never interleave
 
 
-@cache
 def sql_text(name: str) -> sa.TextClause:
     """The statement in accounts/sql/<name>.sql."""
-    return sa.text((_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8"))
+    return sql_files.statement(__name__, name)
 
 
 def fetch(conn: sa.Connection, name: str, params: dict | None = None) -> list[dict]:

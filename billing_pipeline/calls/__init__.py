@@ -8,16 +8,15 @@ billing.wallet_refusals.
 """
 
 from collections.abc import Sequence
-from functools import cache
-from importlib import resources
 
 import sqlalchemy as sa
 
+from billing_pipeline import sql_files
 
-@cache
+
 def sql_text(name: str) -> sa.TextClause:
     """The statement in calls/sql/<name>.sql."""
-    return sa.text(resources.files(__name__).joinpath("sql", f"{name}.sql").read_text(encoding="utf-8"))
+    return sql_files.statement(__name__, name)
 
 
 def arrays(names: Sequence[str], rows: Sequence[Sequence]) -> dict[str, list]:

@@ -14,14 +14,16 @@ not charged again).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import date
 from decimal import Decimal
 
 import sqlalchemy as sa
 
+from billing_pipeline import markdown
 from billing_pipeline.calls import sql_text
 from billing_pipeline.calls.charging import ChargeSummary, charge_calls
 from billing_pipeline.money import from_minor
+from billing_pipeline.utc import utc_midnight
 
 SOURCE = "call_reconciliation"
 RELIABILITY_THRESHOLD = Decimal("0.95")
@@ -81,17 +83,13 @@ class ReconResult:
         return [d for d in self.days if not d.reliable(threshold)]
 
 
-def day_bounds(start_day: date, end_day: date) -> tuple[datetime, datetime]:
-    return datetime.combine(start_day, time(), UTC), datetime.combine(end_day, time(), UTC)
-
-
 def reconcile_days(
     conn: sa.Connection, start_day: date, end_day: date, *, actor: str, worst: int = 10
 ) -> ReconResult:
     """Reconcile the days [start_day, end_day) in the caller's transaction."""
     if end_day <= start_day:
         raise ValueError(f"empty window: {start_day} to {end_day}")
-    start, end = day_bounds(start_day, end_day)
+    start, end = utc_midnight(start_day), utc_midnight(end_day)
     window = {"start": start, "end": end}
     days = {"source": SOURCE, "start_day": start_day, "end_day": end_day}
     conn.execute(sql_text("recover_missing_calls"), window)
@@ -113,31 +111,24 @@ def usd(minor: int) -> str:
 
 
 def findings_markdown(rows: list[sa.Row]) -> str:
-    if not rows:
-        return "No findings."
-    lines = [
-        "| day | kind | organisation | call | ours (cents) | Vapi (cents) | detail |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.recon_date} | {r.kind} | {r.organisation_id or '-'} | {r.reference} | "
-            f"{'' if r.internal_amount_minor is None else r.internal_amount_minor} | "
-            f"{'' if r.provider_amount_minor is None else r.provider_amount_minor} | {r.detail} |"
-        )
-    return "\n".join(lines)
+    return markdown.table(
+        ["day", "kind", "organisation", "call", "ours (cents)", "Vapi (cents)", "detail"],
+        (
+            (r.recon_date, r.kind, r.organisation_id or "-", r.reference, r.internal_amount_minor,
+             r.provider_amount_minor, r.detail)
+            for r in rows
+        ),
+        empty="No findings.",
+    )
 
 
 def days_markdown(days: list[DaySummary]) -> str:
-    lines = [
-        "| day | Vapi calls | by webhook | reliability | recovered | recovered revenue | mismatches"
-        " | refused |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for d in days:
-        share = "-" if d.webhook_reliability is None else f"{d.webhook_reliability * 100:.1f}%"
-        lines.append(
-            f"| {d.recon_date} | {d.provider_calls} | {d.webhook_calls} | {share} | {d.recovered_calls} | "
-            f"{usd(d.recovered_revenue_minor)} | {d.amount_mismatches} | {d.refused_calls} |"
-        )
-    return "\n".join(lines)
+    return markdown.table(
+        ["day", "Vapi calls", "by webhook", "reliability", "recovered", "recovered revenue", "mismatches", "refused"],
+        (
+            (d.recon_date, d.provider_calls, d.webhook_calls,
+             "-" if d.webhook_reliability is None else f"{d.webhook_reliability * 100:.1f}%",
+             d.recovered_calls, usd(d.recovered_revenue_minor), d.amount_mismatches, d.refused_calls)
+            for d in days
+        ),
+    )

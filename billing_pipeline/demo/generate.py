@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from billing_pipeline import edge_store
+from billing_pipeline.utc import next_month
 
 PLANS_YAML = "plans.yaml"
 # plan code -> (currency, provider) for generated organisations
@@ -59,8 +60,7 @@ def previous_month(today: date | None = None) -> date:
 
 
 def _month_days(month: date) -> list[date]:
-    nxt = (month.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return [month + timedelta(days=i) for i in range((nxt - month).days)]
+    return [month + timedelta(days=i) for i in range((next_month(month) - month).days)]
 
 
 def base_catalog() -> dict:

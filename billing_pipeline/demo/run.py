@@ -22,6 +22,7 @@ from billing_pipeline.dagster_home import ensure_dagster_home
 from billing_pipeline.demo import generate
 from billing_pipeline.settings import Settings
 from billing_pipeline.warehouse import describe, get_engine
+from billing_pipeline.utc import next_month
 
 # The runs' logs go to the Dagster instance (see them in the UI); the terminal shows warnings only.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -49,11 +50,10 @@ def _partition_kind(partitions_def) -> str | None:
 
 
 def _range_for(kind: str | None, month: date, last_received: datetime) -> tuple[str, str] | None:
-    next_month = (month.replace(day=28) + timedelta(days=4)).replace(day=1)
     if kind == "hourly":  # through the hour of the last late event received
         return f"{month:%Y-%m-%d}-00:00", f"{last_received:%Y-%m-%d-%H}:00"
     if kind == "daily":
-        return f"{month:%Y-%m-%d}", f"{next_month - timedelta(days=1):%Y-%m-%d}"
+        return f"{month:%Y-%m-%d}", f"{next_month(month) - timedelta(days=1):%Y-%m-%d}"
     if kind == "monthly":
         return f"{month:%Y-%m-%d}", f"{month:%Y-%m-%d}"
     return None

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from billing_pipeline import markdown
 from billing_pipeline import edge_store
 from billing_pipeline.ingestion.mover import stage_edge_rows, sql_text
 
@@ -35,18 +36,14 @@ class DayReconciliation:
 
 def groups_markdown(groups: list[dict], limit: int = 10) -> str:
     """The largest differences as a Markdown table (for asset metadata)."""
-    if not groups:
-        return "No differences: every edge event is in the warehouse or in quarantine."
-    lines = [
-        "| organisation | project | metric | hour | edge | warehouse | edge qty | warehouse qty |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for g in groups[:limit]:
-        lines.append(
-            f"| {g['organisation_id']} | {g['project_id']} | {g['metric']} | {g['hour']} |"
-            f" {g['edge_count']} | {g['warehouse_count']} | {g['edge_quantity']} | {g['warehouse_quantity']} |"
-        )
-    return "\n".join(lines)
+    columns = ["organisation_id", "project_id", "metric", "hour", "edge_count", "warehouse_count",
+               "edge_quantity", "warehouse_quantity"]
+    return markdown.table(
+        ["organisation", "project", "metric", "hour", "edge", "warehouse", "edge qty", "warehouse qty"],
+        ([g[c] for c in columns] for g in groups),
+        empty="No differences: every edge event is in the warehouse or in quarantine.",
+        limit=limit,
+    )
 
 
 def _day_rows(edge: sqlite3.Connection, day: date) -> list[tuple]:

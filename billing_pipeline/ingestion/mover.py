@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 
 import sqlalchemy as sa
+
+from billing_pipeline import sql_files
 from sqlalchemy.engine import Engine
 
 from billing_pipeline import edge_store
@@ -32,7 +33,7 @@ MOVER_LOCK = "billing.warehouse_events"
 
 def sql_text(name: str) -> str:
     """A statement from this package's sql/ folder."""
-    return resources.files("billing_pipeline.ingestion").joinpath("sql", name).read_text(encoding="utf-8")
+    return sql_files.read("billing_pipeline.ingestion", name)
 
 
 _CREATE_STAGE = sql_text("create_stage.sql")

@@ -11,7 +11,7 @@ Plain Python and SQL (no Dagster import): `billing_pipeline/defs/invoicing` is t
 
 from __future__ import annotations
 
-from importlib import resources
+from billing_pipeline import sql_files
 from billing_pipeline.ingestion.mover import MOVER_LOCK
 
 # Every invoicing write (drafting, finalizing) holds this transaction-level advisory lock: drafts of
@@ -25,4 +25,4 @@ LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext(:key))"
 
 
 def load_sql(name: str) -> str:
-    return resources.files(__name__).joinpath("sql", name).read_text(encoding="utf-8")
+    return sql_files.read(__name__, name)

@@ -27,7 +27,7 @@ def preview(
     from billing_pipeline.warehouse import get_engine
 
     try:
-        period_start = periods.parse_month(month) if month else periods.month_of(datetime.now(timezone.utc).date())
+        period_start = periods.parse_month(month) if month else periods.month_start(datetime.now(timezone.utc).date())
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--month") from None
     try:

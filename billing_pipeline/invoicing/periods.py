@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+from billing_pipeline.utc import month_start, next_month, parse_month, utc_midnight
 
-
-def parse_month(text: str) -> date:
-    """'2026-10' -> date(2026, 10, 1); ValueError with the expected format otherwise."""
-    match = _MONTH.match(text.strip()) if isinstance(text, str) else None
-    if not match or not 1 <= int(match.group(2)) <= 12:
-        raise ValueError(f"not a month: {text!r} (expected YYYY-MM, e.g. 2026-10)")
-    return date(int(match.group(1)), int(match.group(2)), 1)
-
-
-def month_of(day: date) -> date:
-    return day.replace(day=1)
-
-
-def next_month(period_start: date) -> date:
-    return date(period_start.year + period_start.month // 12, period_start.month % 12 + 1, 1)
-
+__all__ = ["bounds", "check_period_start", "label", "month_start", "next_month", "parse_month", "utc_midnight"]
 
 def check_period_start(period_start: date) -> date:
     if not isinstance(period_start, date) or isinstance(period_start, datetime) or period_start.day != 1:
         raise ValueError(f"a period starts on the first day of a month (a date), got {period_start!r}")
     return period_start
-
-
-def utc_midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=timezone.utc)
 
 
 def bounds(period_start: date) -> dict:

@@ -18,15 +18,13 @@ SQL that is more than a line lives in `payments/sql/*.sql`, with bound parameter
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 
 import sqlalchemy as sa
 
-_SQL_DIR = Path(__file__).resolve().parent / "sql"
+from billing_pipeline import sql_files
 
 
-@cache
+
 def sql_text(name: str) -> sa.TextClause:
     """The statement in payments/sql/<name>.sql."""
-    return sa.text((_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8"))
+    return sql_files.statement(__name__, name)

@@ -9,12 +9,14 @@ every row would otherwise look missing at the provider.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import date
 
 import sqlalchemy as sa
 
+from billing_pipeline.markdown import table as markdown_table
 from billing_pipeline.money import MINOR_UNIT_EXPONENTS, from_minor, is_valid_currency
 from billing_pipeline.payments import sql_text
+from billing_pipeline.utc import utc_midnight
 
 SOURCE = "payment_reconciliation"
 _LOCK_KEY = 0x7265636F  # "reco": one payment reconciliation at a time
@@ -31,11 +33,6 @@ class ReconciliationResult:
     findings: int
     totals: list[dict]  # outcome, provider, currency, records, provider_amount_minor, internal_amount_minor
     largest: list[dict]  # the findings with the most money at stake
-
-
-def day_start(day: date) -> datetime:
-    """Midnight UTC at the start of `day`."""
-    return datetime.combine(day, time(), tzinfo=UTC)
 
 
 _UNSYNCED = sa.text("""
@@ -89,7 +86,7 @@ def reconcile_payments(
     conn.execute(sa.text("SET LOCAL TimeZone = 'UTC'"))
     conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    window = {"start": day_start(start), "end": day_start(end)}
+    window = {"start": utc_midnight(start), "end": utc_midnight(end)}
     unsynced = conn.execute(_UNSYNCED, window).all()
     if unsynced:
         listed = ", ".join(f"{p} {d}" for p, d in unsynced)
@@ -119,25 +116,22 @@ def _major(minor: int | None, currency: str | None) -> str:
 
 def markdown(result: ReconciliationResult) -> tuple[str, str]:
     """Two Markdown tables for the asset metadata: totals per outcome, and the largest findings."""
-    totals = [
-        "| outcome | provider | currency | records | provider amount | internal amount |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
-    ]
-    totals += [
-        f"| {t['outcome']} | {t['provider']} | {t['currency']} | {t['records']} | "
-        f"{_major(t['provider_amount_minor'], t['currency'])} | "
-        f"{_major(t['internal_amount_minor'], t['currency'])} |"
-        for t in result.totals
-    ]
-    rows = [
-        "| day | kind | provider | organisation | reference | internal | provider | currency | detail |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | --- | --- |",
-    ]
-    rows += [
-        f"| {f['recon_date']} | {f['kind']} | {f['provider']} | {f['organisation_id'] or ''} | "
-        f"{f['reference']} | {_major(f['internal_amount_minor'], f['currency'])} | "
-        f"{_major(f['provider_amount_minor'], f['currency'])} | {f['currency']} | "
-        f"{f['detail'].replace('|', '/')} |"
-        for f in result.largest
-    ]
-    return "\n".join(totals), "\n".join(rows) if result.largest else "No findings."
+    totals = markdown_table(
+        ["outcome", "provider", "currency", "records", "provider amount", "internal amount"],
+        (
+            (t["outcome"], t["provider"], t["currency"], t["records"],
+             _major(t["provider_amount_minor"], t["currency"]), _major(t["internal_amount_minor"], t["currency"]))
+            for t in result.totals
+        ),
+    )
+    largest = markdown_table(
+        ["day", "kind", "provider", "organisation", "reference", "internal", "provider", "currency", "detail"],
+        (
+            (f["recon_date"], f["kind"], f["provider"], f["organisation_id"], f["reference"],
+             _major(f["internal_amount_minor"], f["currency"]), _major(f["provider_amount_minor"], f["currency"]),
+             f["currency"], f["detail"])
+            for f in result.largest
+        ),
+        empty="No findings.",
+    )
+    return totals, largest

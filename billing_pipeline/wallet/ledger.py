@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal
 
 import sqlalchemy as sa
+
+from billing_pipeline import sql_files
 
 from billing_pipeline.audit import AuditEntry, record
 from billing_pipeline.money import is_valid_currency
@@ -35,9 +36,7 @@ from billing_pipeline.money import is_valid_currency
 KINDS = ("top_up", "call_charge", "adjustment")
 Outcome = Literal["posted", "duplicate", "refused"]
 
-_POST = sa.text(
-    resources.files("billing_pipeline.wallet").joinpath("sql", "post_entries.sql").read_text("utf-8")
-)
+_POST = sql_files.statement("billing_pipeline.wallet", "post_entries")
 _OPEN = sa.text(
     "INSERT INTO billing.wallets (organisation_id, currency)"
     " SELECT organisation_id, currency FROM billing.organisations"

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from billing_pipeline import markdown
 from billing_pipeline.accounts import dunning, grace, outbox, trials
 from billing_pipeline.accounts.clock import FixedClock, SystemClock, as_of
 from billing_pipeline.accounts.senders import sender_from_settings
@@ -38,11 +39,7 @@ def _as_of(context: dg.AssetExecutionContext, clock) -> datetime:
 
 
 def _table(rows: list[dict], columns: list[str], limit: int = 20) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"| ... {len(rows) - limit} more |" + " |" * (len(columns) - 1))
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(markdown.table(columns, ([r.get(c) for c in columns] for r in rows), limit=limit))
 
 
 _DAILY = dict(group_name=GROUP, partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run())

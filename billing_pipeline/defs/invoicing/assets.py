@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from billing_pipeline import markdown
 from billing_pipeline.audit import run_actor
 from billing_pipeline.defs.partitions import monthly
 from billing_pipeline.defs.resources import WarehouseResource
@@ -13,12 +14,6 @@ USAGE_PERIOD = dg.AssetKey("usage_period")
 # No BackfillPolicy.single_run here: a backfill runs one month per run (Dagster's default), because a
 # month's drafts read what earlier months' invoices billed (late usage, credits) and each month's
 # checks must gate that month's finalization alone.
-
-
-def _markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 @dg.asset(
@@ -35,17 +30,13 @@ def invoice_drafts(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     period_start = context.partition_time_window.start.date()
     result = drafts.build_drafts(warehouse.engine, period_start, run_actor(context.run_id))
     biggest = sorted(result.drafts, key=lambda d: d.total_minor, reverse=True)[:10]
-    table = [
-        {"organisation": d.organisation_id, "currency": d.currency, "total_minor": d.total_minor,
-         "lines": len(d.lines), "problems": len(d.problems)}  # fmt: skip
-        for d in biggest
-    ]
+    table = [(d.organisation_id, d.currency, d.total_minor, len(d.lines), len(d.problems)) for d in biggest]
     return dg.MaterializeResult(
         metadata={
             **result.summary(),
             "dagster/row_count": len(result.drafts),
             "largest_drafts": dg.MetadataValue.md(
-                _markdown_table(table, ["organisation", "currency", "total_minor", "lines", "problems"])
+                markdown.table(["organisation", "currency", "total_minor", "lines", "problems"], table)
             ),
         }
     )

@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 
 from billing_pipeline.defs.usage.queries import sql
+from billing_pipeline.utc import month_start, next_month
 
 REASON_PARTITION = "partition"
 REASON_LATE_EVENTS = "late_events"
@@ -104,10 +105,6 @@ def find_late_days(conn: sa.Connection, scan_from: datetime) -> list[LateDay]:
     return [LateDay(**row) for row in rows]
 
 
-def month_start(day: date) -> date:
-    return day.replace(day=1)
-
-
 def closed_months(conn: sa.Connection, first: date, last: date) -> set[date]:
     """First days of the months in [first, last] that invoicing has closed: a row in
     billing.invoice_periods, or any finalized invoice of the month (for any organisation).
@@ -135,10 +132,6 @@ def contiguous_ranges(days: list[date]) -> list[tuple[date, date]]:
         else:
             ranges.append((day, day))
     return ranges
-
-
-def next_month(day: date) -> date:
-    return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
 import sqlalchemy as sa
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+from billing_pipeline import sql_files
 
 
-@cache
 def sql(name: str) -> sa.TextClause:
-    return sa.text((SQL_DIR / f"{name}.sql").read_text(encoding="utf-8"))
+    return sql_files.statement("billing_pipeline.defs.usage", name)

@@ -12,6 +12,7 @@ from decimal import Decimal
 import dagster as dg
 import sqlalchemy as sa
 
+from billing_pipeline import markdown
 from billing_pipeline.defs.resources import WarehouseResource
 from billing_pipeline.defs.usage.assets import GROUP, USAGE_DAILY
 from billing_pipeline.defs.usage.partitions import usage_daily_partitions, window_dates
@@ -106,9 +107,9 @@ def reconcile(conn: sa.Connection, start: date, end: date) -> tuple[int, list[Ag
 
 def _markdown(mismatches: list[AggregateMismatch]) -> str:
     worst = sorted(mismatches, key=lambda m: abs(m.sum_difference), reverse=True)[:_WORST_SHOWN]
-    lines = ["| day | organisation | metric | detail |", "| --- | --- | --- | --- |"]
-    lines += [f"| {m.usage_date} | {m.organisation_id} | {m.metric} | {m.detail} |" for m in worst]
-    return "\n".join(lines)
+    return markdown.table(
+        ["day", "organisation", "metric", "detail"], ((m.usage_date, m.organisation_id, m.metric, m.detail) for m in worst)
+    )
 
 
 @dg.asset(
