@@ -16,10 +16,13 @@ organisations with 3 projects each, inserted in occurred_at order. Figures:
     before and after its SQL: Python imports, parsing with the run's vars, artifacts),
     dagster_overhead_s (the run around the dbt invocation; the first run of a process also imports
     dbt in-process for dagster-dbt's adapter handle) and the SQL above;
-  - day_refresh_usage_daily_sql_s: re-aggregating one day (a late-event refresh) in usage_daily,
-    against ctas_group_by_one_day (target <= 0.25 s of SQL), and day_refresh_models_sql_s, the
-    same run's SQL including usage_period recomputing the day's month;
-  - late_event_sensor_tick_s: one evaluation of the late-event sensor finding that day.
+  - day_refresh_*: re-aggregating one day after a late event of a sum metric (target <= 0.25 s of
+    SQL): usage_daily's SQL against ctas_group_by_one_day, and day_refresh_models_sql_s, the same
+    run's SQL of every model (usage_period keeps its unique_count, latest and weighted_sum rows: their
+    events did not change);
+  - day_refresh_unique_count_*: the same after a late event of a unique_count metric: usage_period
+    makes its pass over the month's raw events;
+  - *_late_event_sensor_tick_s: one evaluation of the late-event sensor finding that day.
 """
 
 from __future__ import annotations
@@ -224,54 +227,67 @@ def main() -> None:
         report(BENCH, "dbt_startup_s", month["invocation_s"] - month["dbt_elapsed_s"])
         report(BENCH, "dagster_overhead_s", run_t.seconds - month["invocation_s"])
 
-        # A late event for the 15th: the sensor finds the day, one run re-aggregates it.
+        # Late events for the 15th: the sensor finds the day, one run re-aggregates it. First a
+        # late event of a sum metric (usage_period keeps its raw-event rows: no pass over the
+        # month), then one of a unique_count metric (usage_period reads the month's raw events).
         day = MONTH + timedelta(days=14)
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity, occurred_at,"
-                    " received_at, fingerprint) VALUES ('late-1', 'org_1', 'prj_1_1', 'tokens', 1, :at, now(), 'late')"
-                ),
-                {"at": datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=12)},
-            )
-        sensor = defs.resolve_sensor_def("usage_late_events_sensor")
-        with (
-            Timer() as tick_t,
-            dg.build_sensor_context(
-                instance=instance, resources={"warehouse": WarehouseResource()}
-            ) as context,
-        ):
-            tick = sensor(context)
-        [request] = tick.run_requests
-        assert request.partition_key == day.isoformat(), request
-        report(BENCH, "late_event_sensor_tick_s", tick_t.seconds)
-
         ctas_day_s = min(ctas_seconds(engine, day, day + timedelta(days=1)) for _ in range(3))
-        with Timer() as day_run_t:
-            day_result = job.execute_in_process(
-                instance=instance, partition_key=request.partition_key, tags=request.tags
+        sensor = defs.resolve_sensor_def("usage_late_events_sensor")
+        cursor = None
+        for label, metric, properties in (
+            ("day_refresh", "tokens", None),
+            ("day_refresh_unique_count", "active_users", '{"user_id": "late-user"}'),
+        ):
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity,"
+                        " occurred_at, received_at, properties, fingerprint)"
+                        " VALUES (:id, 'org_1', 'prj_1_1', :metric, 1, :at, now(), CAST(:props AS jsonb), :id)"
+                    ),
+                    {
+                        "id": f"late-{metric}",
+                        "metric": metric,
+                        "props": properties,
+                        "at": datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=12),
+                    },
+                )
+            with (
+                Timer() as tick_t,
+                dg.build_sensor_context(
+                    instance=instance, cursor=cursor, resources={"warehouse": WarehouseResource()}
+                ) as context,
+            ):
+                tick = sensor(context)
+            cursor = tick.cursor
+            [request] = tick.run_requests
+            assert request.partition_key == day.isoformat(), request
+            report(BENCH, f"{label}_late_event_sensor_tick_s", tick_t.seconds)
+            with Timer() as day_run_t:
+                day_result = job.execute_in_process(
+                    instance=instance, partition_key=request.partition_key, tags=request.tags
+                )
+            assert day_result.success
+            refresh = run_figures(instance, day_result, DBT_PROJECT_DIR)
+            report(
+                BENCH,
+                f"{label}_usage_daily_sql_s",
+                refresh["models"]["usage_daily"],
+                "ctas_group_by_one_day",
+                ctas_day_s,
             )
-        assert day_result.success
-        refresh = run_figures(instance, day_result, DBT_PROJECT_DIR)
-        report(
-            BENCH,
-            "day_refresh_usage_daily_sql_s",
-            refresh["models"]["usage_daily"],
-            "ctas_group_by_one_day",
-            ctas_day_s,
-        )
-        report(BENCH, "day_refresh_usage_period_sql_s", refresh["models"]["usage_period"])
-        report(
-            BENCH,
-            "day_refresh_models_sql_s",
-            sum(refresh["models"].values()),
-            "ctas_group_by_one_day",
-            ctas_day_s,
-        )
-        report(BENCH, "day_refresh_tests_sql_s", refresh["tests_s"])
-        report(BENCH, "day_refresh_run_s", day_run_t.seconds, "ctas_group_by_one_day", ctas_day_s)
-        report(BENCH, "day_refresh_dbt_startup_s", refresh["invocation_s"] - refresh["dbt_elapsed_s"])
-        report(BENCH, "day_refresh_dagster_overhead_s", day_run_t.seconds - refresh["invocation_s"])
+            report(BENCH, f"{label}_usage_period_sql_s", refresh["models"]["usage_period"])
+            report(
+                BENCH,
+                f"{label}_models_sql_s",
+                sum(refresh["models"].values()),
+                "ctas_group_by_one_day",
+                ctas_day_s,
+            )
+            report(BENCH, f"{label}_tests_sql_s", refresh["tests_s"])
+            report(BENCH, f"{label}_run_s", day_run_t.seconds, "ctas_group_by_one_day", ctas_day_s)
+            report(BENCH, f"{label}_dbt_startup_s", refresh["invocation_s"] - refresh["dbt_elapsed_s"])
+            report(BENCH, f"{label}_dagster_overhead_s", day_run_t.seconds - refresh["invocation_s"])
 
 
 if __name__ == "__main__":

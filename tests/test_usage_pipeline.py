@@ -514,3 +514,28 @@ def test_late_events_are_aggregated_again_by_the_sensor_without_human_action(eng
 
     # Refreshed: nothing more to do.
     assert not tick(result.cursor).run_requests
+
+    def january_units() -> dict:
+        with engine.connect() as conn:
+            query = sa.text("SELECT * FROM usage.usage_period WHERE period_start = '2025-01-01'")
+            return {(r.organisation_id, r.metric): r.units for r in conn.execute(query)}
+
+    # A late event of a count metric only: the refresh keeps January's unique_count, latest and
+    # weighted_sum rows as they are (no pass over the month's raw events), and January is still
+    # exactly every event's usage.
+    late6 = Event("late6", "org_b", "p2", "api_calls", Decimal(1), utc(2025, 1, 10, 9))
+    insert_events(engine, [late6])
+    [request6] = tick(result.cursor).run_requests
+    assert request6.partition_key == "2025-01-10"
+    assert execute_request(instance, request6).success
+    assert january_units() == expected_period(events + late[:3] + [late6], date(2025, 1, 1))
+
+    # A metric definition changed in the catalog: the month's next run computes its rows again,
+    # though none of its events changed (no event has the new field: no unique value).
+    assert any(units for (_, metric), units in january_units().items() if metric == "active_users")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE billing.billable_metrics SET field_name = 'region' WHERE code = 'active_users'")
+        )
+    assert USAGE_JOB.execute_in_process(instance=instance, partition_key="2025-01-10").success
+    assert {units for (_, metric), units in january_units().items() if metric == "active_users"} == {0}

@@ -15,7 +15,14 @@
                   change (here from raw events, so a late event in an earlier month is never missed).
 
   Incremental: a run replaces the whole months its window [min_date, max_date) touches
-  (replace_window on period_start, month grain).
+  (replace_window on period_start, month grain). unique_count, latest and weighted_sum need a pass
+  over the month's raw events; a run whose window lies in one month (a day's partition, a late-event
+  refresh) skips that pass when no row of these aggregations changed, and keeps their values. A row
+  is unchanged when its metric definition, its number of events in the month (from usage_daily:
+  events are only ever added, so the same count is the same events) and, for weighted_sum, its
+  opening level are those it was computed with: a recomputation would give the same value. A late
+  event of a count, sum or max metric thus costs no raw pass; any changed row makes the run compute
+  the whole month, as runs over other windows always do.
 -#}
 {{ config(
     incremental_strategy='replace_window',
@@ -26,9 +33,17 @@
     ],
 ) }}
 {%- set window = usage_window_bounds('month') %}
+{%- set keep_unchanged = is_incremental() and window is not none and window.start == window.last_month %}
+{%- set raw_aggregations = "('unique_count', 'latest', 'weighted_sum')" %}
 
 with metrics as (
-    select metric, aggregation, field_name
+    select
+        metric,
+        aggregation,
+        field_name,
+        -- what a row's value depends on in the metric's definition (kept in metric_definition)
+        aggregation || coalesce('(' || field_name || ')', '')
+            || case when allow_negative then ', negative quantities allowed' else '' end as definition
     from {{ ref('stg_billable_metrics') }}
 ),
 
@@ -72,6 +87,53 @@ daily as materialized (
     group by 1, 2, 3
 ),
 
+-- weighted_sum: the level before the first month built is the sum of every earlier change
+ws_prior as (
+    select e.organisation_id, e.metric, sum(e.quantity) as level
+    from {{ ref('stg_events') }} as e
+    inner join metrics as mt on mt.metric = e.metric and mt.aggregation = 'weighted_sum'
+{%- if window %}
+    where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+{%- else %}
+    where e.occurred_at < (select {{ utc_midnight('min(period_start)') }} from months)
+{%- endif %}
+    group by e.organisation_id, e.metric
+),
+
+-- The rows of the month whose unique_count, latest or weighted_sum value this run keeps (see above)
+kept as materialized (
+{%- if keep_unchanged %}
+    select p.organisation_id, p.metric, p.period_start, p.units, p.opening_level, p.closing_level
+    from {{ this }} as p
+    inner join metrics as mt
+        on mt.metric = p.metric and mt.definition = p.metric_definition
+        and mt.aggregation in {{ raw_aggregations }}
+    left join daily as d
+        on d.organisation_id = p.organisation_id and d.metric = p.metric and d.period_start = p.period_start
+    left join ws_prior as w on w.organisation_id = p.organisation_id and w.metric = p.metric
+    where p.period_start = '{{ window.start.isoformat() }}'::date
+        and p.event_count = coalesce(d.event_count, 0)
+        and (mt.aggregation <> 'weighted_sum' or p.opening_level = coalesce(w.level, 0))
+{%- else %}
+    select
+        null::text as organisation_id,
+        null::text as metric,
+        null::date as period_start,
+        null::numeric as units,
+        null::numeric as opening_level,
+        null::numeric as closing_level
+    where false
+{%- endif %}
+),
+
+-- The month's rows of these aggregations that changed: if there is none, no raw pass
+changed as materialized (
+    select d.organisation_id, d.metric
+    from daily as d
+    inner join metrics as mt on mt.metric = d.metric and mt.aggregation in {{ raw_aggregations }}
+    where not exists (select 1 from kept as k where k.organisation_id = d.organisation_id and k.metric = d.metric)
+),
+
 -- unique_count, latest and weighted_sum: one pass over the months' raw events of those metrics,
 -- hash aggregates only (no sort of the month's events). The inner grouping keeps one row per distinct
 -- property value of unique_count metrics; weighted_sum needs, per event, its change times the
@@ -96,7 +158,10 @@ raw_groups as (
         where {{ usage_ts_filter('occurred_at', 'month') }}
     ) as e
     inner join metrics as mt
-        on mt.metric = e.metric and mt.aggregation in ('unique_count', 'latest', 'weighted_sum')
+        on mt.metric = e.metric and mt.aggregation in {{ raw_aggregations }}
+{%- if keep_unchanged %}
+    where exists (select 1 from changed)  -- evaluated once: without a changed row, no pass at all
+{%- endif %}
     group by 1, 2, 3, 4
 ),
 
@@ -129,19 +194,6 @@ latest as (
     order by r.organisation_id, r.metric, r.period_start, e.received_at desc, e.event_id desc
 ),
 
--- weighted_sum: the level before the first month built is the sum of every earlier change
-ws_prior as (
-    select e.organisation_id, e.metric, sum(e.quantity) as level
-    from {{ ref('stg_events') }} as e
-    inner join metrics as mt on mt.metric = e.metric and mt.aggregation = 'weighted_sum'
-{%- if window %}
-    where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
-{%- else %}
-    where e.occurred_at < (select {{ utc_midnight('min(period_start)') }} from months)
-{%- endif %}
-    group by e.organisation_id, e.metric
-),
-
 ws_grid as (
     select
         k.organisation_id,
@@ -165,6 +217,8 @@ ws_grid as (
     left join ws_prior as p on p.organisation_id = k.organisation_id and p.metric = k.metric
     left join raw_period as r
         on r.organisation_id = k.organisation_id and r.metric = k.metric and r.period_start = m.period_start
+    -- weighted_sum rows kept as they are need no level
+    where not exists (select 1 from kept where kept.organisation_id = k.organisation_id and kept.metric = k.metric)
 ),
 
 -- Lago's query sums, over the segments between changes, level x seconds held / seconds in the
@@ -189,6 +243,8 @@ period_keys as (
     select organisation_id, metric, period_start from daily
     union
     select organisation_id, metric, period_start from weighted
+    union
+    select organisation_id, metric, period_start from kept
 )
 
 select
@@ -201,13 +257,14 @@ select
         when 'count' then coalesce(d.event_count, 0)
         when 'sum' then coalesce(d.quantity_sum, 0)
         when 'max' then d.quantity_max
-        when 'unique_count' then coalesce(r.unique_values, 0)
-        when 'latest' then l.units
-        when 'weighted_sum' then coalesce(w.units, 0)
+        when 'unique_count' then coalesce(kp.units, r.unique_values, 0)
+        when 'latest' then coalesce(kp.units, l.units)
+        when 'weighted_sum' then coalesce(kp.units, w.units, 0)
     end, 12)::numeric(38, 12) as units,
     coalesce(d.event_count, 0)::bigint as event_count,
-    round(w.opening_level, 12)::numeric(38, 12) as opening_level,
-    round(w.closing_level, 12)::numeric(38, 12) as closing_level
+    round(coalesce(kp.opening_level, w.opening_level), 12)::numeric(38, 12) as opening_level,
+    round(coalesce(kp.closing_level, w.closing_level), 12)::numeric(38, 12) as closing_level,
+    mt.definition::text as metric_definition
 from period_keys as k
 inner join metrics as mt on mt.metric = k.metric
 inner join months as m on m.period_start = k.period_start
@@ -219,3 +276,5 @@ left join latest as l
     on l.organisation_id = k.organisation_id and l.metric = k.metric and l.period_start = k.period_start
 left join weighted as w
     on w.organisation_id = k.organisation_id and w.metric = k.metric and w.period_start = k.period_start
+left join kept as kp
+    on kp.organisation_id = k.organisation_id and kp.metric = k.metric and kp.period_start = k.period_start
