@@ -42,7 +42,11 @@ WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluate
     ) v
     LEFT JOIN billing.organisations o ON o.organisation_id = s.organisation_id
     LEFT JOIN billing.billable_metrics m ON m.code = s.metric
-    LEFT JOIN billing.events ex ON ex.event_id = s.event_id  -- at most one: event_id is unique
+    -- An index probe per staged row (each partition's primary key starts with event_id), never a
+    -- join that reads the whole events table. At most one row: event_id is unique.
+    LEFT JOIN LATERAL (
+        SELECT e.fingerprint, e.received_at FROM billing.events e WHERE e.event_id = s.event_id LIMIT 1
+    ) ex ON true
 )
 SELECT c.edge_rowid, c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity, c.occurred_at,
     c.received_at, c.properties, c.fingerprint, r.reason,
