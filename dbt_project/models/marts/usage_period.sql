@@ -136,31 +136,32 @@ changed as materialized (
 
 -- unique_count, latest and weighted_sum: one pass over the months' raw events of those metrics,
 -- hash aggregates only (no sort of the month's events). The inner grouping keeps one row per distinct
--- property value of unique_count metrics; weighted_sum needs, per event, its change times the
--- seconds from the event to the period end (see `weighted` below).
+-- property value of unique_count metrics. weighted_sum needs the sum, over the month's changes, of
+-- change x seconds from the change to the period end (see `weighted` below): that is
+-- end x (sum of changes) - sum of (change x its epoch), so each event only adds change x its epoch
+-- (exact numerics) and the period end enters once per group. Per event nothing else is computed:
+-- a window of one month is a constant period_start.
 raw_groups as (
     select
         e.organisation_id,
         e.metric,
-        e.period_start,
+{%- if window and window.start == window.last_month %}
+        '{{ window.start.isoformat() }}'::date as period_start,
+{%- else %}
+        date_trunc('month', e.occurred_at at time zone 'UTC')::date as period_start,
+{%- endif %}
         case when mt.aggregation = 'unique_count' then e.properties ->> mt.field_name end as unique_value,
-        sum(e.quantity * extract(epoch from {{ utc_midnight('e.period_end') }} - e.occurred_at))
-            filter (where mt.aggregation = 'weighted_sum') as ws_area,
+        sum(e.quantity * extract(epoch from e.occurred_at))
+            filter (where mt.aggregation = 'weighted_sum') as ws_moment,
         sum(e.quantity) filter (where mt.aggregation = 'weighted_sum') as ws_delta,
         count(*) filter (where mt.aggregation = 'weighted_sum') as ws_events,
         max(e.occurred_at) filter (where mt.aggregation = 'latest') as latest_at
-    from (
-        select
-            *,
-            date_trunc('month', usage_date)::date as period_start,
-            (date_trunc('month', usage_date) + interval '1 month')::date as period_end
-        from {{ ref('stg_events') }}
-        where {{ usage_ts_filter('occurred_at', 'month') }}
-    ) as e
+    from {{ ref('stg_events') }} as e
     inner join metrics as mt
         on mt.metric = e.metric and mt.aggregation in {{ raw_aggregations }}
+    where {{ usage_ts_filter('e.occurred_at', 'month') }}
 {%- if keep_unchanged %}
-    where exists (select 1 from changed)  -- evaluated once: without a changed row, no pass at all
+        and exists (select 1 from changed)  -- evaluated once: without a changed row, no pass at all
 {%- endif %}
     group by 1, 2, 3, 4
 ),
@@ -171,7 +172,8 @@ raw_period as materialized (
         metric,
         period_start,
         count(unique_value) as unique_values,   -- distinct non-null values (one row each above)
-        sum(ws_area) as ws_area,
+        sum(ws_delta) * extract(epoch from {{ utc_midnight("(period_start + interval '1 month')") }})
+            - sum(ws_moment) as ws_area,
         sum(ws_delta) as ws_delta,
         sum(ws_events) as ws_events,
         max(latest_at) as latest_at
