@@ -21,8 +21,9 @@
   is unchanged when its metric definition, its number of events in the month (from usage_daily:
   events are only ever added, so the same count is the same events) and, for weighted_sum, its
   opening level are those it was computed with: a recomputation would give the same value. A late
-  event of a count, sum or max metric thus costs no raw pass; any changed row makes the run compute
-  the whole month, as runs over other windows always do.
+  event of a count, sum or max metric thus costs no raw pass; a changed row makes the run compute
+  the month's rows of its metric (every metric with a changed row), as runs over other windows
+  compute every row.
 -#}
 {{ config(
     incremental_strategy='replace_window',
@@ -161,7 +162,9 @@ raw_groups as (
         on mt.metric = e.metric and mt.aggregation in {{ raw_aggregations }}
     where {{ usage_ts_filter('e.occurred_at', 'month') }}
 {%- if keep_unchanged %}
-        and exists (select 1 from changed)  -- evaluated once: without a changed row, no pass at all
+        -- both evaluated once: without a changed row no pass at all, else only its metrics' events
+        and exists (select 1 from changed)
+        and e.metric = any(array(select distinct metric from changed))
 {%- endif %}
     group by 1, 2, 3, 4
 ),
