@@ -22,13 +22,17 @@
   events are only ever added, so the same count is the same events) and, for weighted_sum, its
   opening level are those it was computed with: a recomputation would give the same value. A late
   event of a count, sum or max metric thus costs no raw pass; a changed row makes the run compute
-  the month's rows of its metric (every metric with a changed row), as runs over other windows
-  compute every row.
+  the month's rows of its metric (every metric with a changed row; only their organisations' rows
+  when they are few), as runs over other windows compute every row. The planner cannot know how
+  many rows changed (a late-event refresh: a few; a day's partition: nearly all), and a sort of the
+  month's events would cost twice a hash: the model's transaction turns sorts off (pre_hook), so
+  its aggregates hash whatever the estimates.
 -#}
 {{ config(
     incremental_strategy='replace_window',
     window_column='period_start',
     window_grain='month',
+    pre_hook="set local enable_sort = off",
     indexes=[
         {'columns': ['period_start', 'organisation_id', 'metric'], 'unique': True},
     ],
@@ -162,9 +166,14 @@ raw_groups as (
         on mt.metric = e.metric and mt.aggregation in {{ raw_aggregations }}
     where {{ usage_ts_filter('e.occurred_at', 'month') }}
 {%- if keep_unchanged %}
-        -- both evaluated once: without a changed row no pass at all, else only its metrics' events
+        -- evaluated once each: without a changed row no pass at all, else only the events of the
+        -- metrics with one, and of their organisations when they are few (a late-event refresh)
         and exists (select 1 from changed)
         and e.metric = any(array(select distinct metric from changed))
+        and (
+            (select count(distinct organisation_id) > 16 from changed)
+            or e.organisation_id = any(array(select distinct organisation_id from changed))
+        )
 {%- endif %}
     group by 1, 2, 3, 4
 ),
