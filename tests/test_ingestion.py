@@ -140,6 +140,38 @@ def test_same_event_id_with_another_payload_is_quarantined_not_overwritten(wh, e
     quarantined = rows_of(wh, "SELECT reason, raw ->> 'quantity' FROM billing.quarantined_events")
     assert quarantined == [("conflicting_duplicate", "999")]
 
+    # Again, now with an occurred_at in another month: another partition of billing.events.
+    edge.execute("DELETE FROM events WHERE event_id = 'dup'")
+    edge_store.insert_events(edge, [event("dup", quantity="1", occurred=T0 - timedelta(days=40),
+                                          received=T0 + timedelta(hours=3))])
+    assert move(wh, edge).reasons == {"conflicting_duplicate": 1}
+    assert rows_of(wh, "SELECT quantity, occurred_at FROM billing.events WHERE event_id = 'dup'") == [(1, T0)]
+
+
+def test_the_database_keeps_event_id_unique_across_partitions(wh, edge):
+    """billing.event_ids follows billing.events through inserts, deletes, updates and truncation, and
+    refuses a second copy of an event_id whatever its month (its partition)."""
+    edge_store.insert_events(edge, [event(f"u{i}") for i in range(5)])
+    move(wh, edge)
+
+    def registry_matches_events() -> bool:
+        return rows_of(wh, "SELECT event_id, fingerprint, received_at FROM billing.event_ids ORDER BY 1") == rows_of(
+            wh, "SELECT event_id, fingerprint, received_at FROM billing.events ORDER BY 1")
+
+    assert len(rows_of(wh, "SELECT * FROM billing.event_ids")) == 5 and registry_matches_events()
+    copy = ("INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity, occurred_at,"
+            " received_at, fingerprint) SELECT event_id, organisation_id, project_id, metric, quantity,"
+            " occurred_at - interval '40 days', received_at, fingerprint FROM billing.events WHERE event_id = 'u1'")
+    with pytest.raises(sa.exc.IntegrityError, match="event_ids_pkey"), wh.begin() as conn:
+        conn.execute(sa.text(copy))
+    with wh.begin() as conn:
+        conn.execute(sa.text("DELETE FROM billing.events WHERE event_id = 'u2'"))
+        conn.execute(sa.text("UPDATE billing.events SET event_id = 'u3-renamed' WHERE event_id = 'u3'"))
+    assert len(rows_of(wh, "SELECT * FROM billing.event_ids")) == 4 and registry_matches_events()
+    with wh.begin() as conn:
+        conn.execute(sa.text("TRUNCATE billing.events"))
+    assert rows_of(wh, "SELECT count(*) FROM billing.event_ids") == [(0,)]
+
 
 def test_late_event_lands_in_its_received_hour_and_is_never_missed(wh, edge):
     occurred = T0 - timedelta(days=3)

@@ -6,7 +6,8 @@ Per batch (a keyset page of the edge):
   2. after that commit, and only then, mark the batch's edge rows processed.
 A crash between 1 and 2 leaves rows unmarked; the next run stages them again, finds them already in
 the warehouse (same event_id, same fingerprint) and only marks them. An advisory lock serializes
-movers, so two runs never insert the same event_id twice.
+movers, so two runs never race on the same event_id; the database refuses a second copy of an
+event_id anyway (billing.event_ids, sql/0006_event_ids.sql).
 """
 
 from __future__ import annotations

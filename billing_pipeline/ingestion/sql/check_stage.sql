@@ -42,10 +42,10 @@ WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluate
     ) v
     LEFT JOIN billing.organisations o ON o.organisation_id = s.organisation_id
     LEFT JOIN billing.billable_metrics m ON m.code = s.metric
-    -- An index probe per staged row (each partition's primary key starts with event_id), never a
-    -- join that reads the whole events table. At most one row: event_id is unique.
+    -- One index probe per staged row into the registry of every event_id in the warehouse
+    -- (sql/0006_event_ids.sql), never a join that reads it whole.
     LEFT JOIN LATERAL (
-        SELECT e.fingerprint, e.received_at FROM billing.events e WHERE e.event_id = s.event_id LIMIT 1
+        SELECT i.fingerprint, i.received_at FROM billing.event_ids i WHERE i.event_id = s.event_id
     ) ex ON true
 )
 SELECT c.edge_rowid, c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity, c.occurred_at,

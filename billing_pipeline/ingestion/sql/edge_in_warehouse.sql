@@ -1,8 +1,9 @@
 -- For each staged edge row: is it in the warehouse, as itself? In events under its event_id with
--- the same fingerprint, or in quarantine under the same (event_id, fingerprint).
+-- the same fingerprint (one probe into billing.event_ids, which the database keeps equal to the ids
+-- in events), or in quarantine under the same (event_id, fingerprint).
 CREATE TEMP TABLE edge_presence ON COMMIT DROP AS
 SELECT s.*, p.fingerprint,
-    EXISTS (SELECT 1 FROM billing.events e WHERE e.event_id = s.event_id AND e.fingerprint = p.fingerprint)
+    EXISTS (SELECT 1 FROM billing.event_ids i WHERE i.event_id = s.event_id AND i.fingerprint = p.fingerprint)
     OR EXISTS (SELECT 1 FROM billing.quarantined_events q
                WHERE q.event_id IS NOT DISTINCT FROM s.event_id AND q.fingerprint = p.fingerprint)
         AS in_warehouse
