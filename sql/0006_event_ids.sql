@@ -6,8 +6,13 @@
 --
 -- Triggers on billing.events keep it exact, statement by statement (transition tables, one set-based
 -- statement each): an insert registers its event_ids (an id already there fails the insert), a
--- delete or an update removes or replaces theirs, a truncate empties it. Rows that
--- billing.ensure_event_partitions moves from the DEFAULT partition into a new one keep their ids.
+-- delete removes theirs, a truncate empties it. Rows that billing.ensure_event_partitions moves from
+-- the DEFAULT partition into a new one keep their ids.
+--
+-- An event, once in the warehouse, never changes: UPDATE on billing.events is refused (a correction
+-- is a new event). Usage relies on it: a usage_period row is kept as it is while no event of its
+-- organisation, metric and month was ingested after it was computed. Deleting events stays an
+-- operator's act (the days concerned are aggregated again by rerunning their partitions).
 
 CREATE TABLE billing.event_ids (
     event_id    text PRIMARY KEY,
@@ -24,10 +29,9 @@ BEGIN
         TRUNCATE billing.event_ids;
         RETURN NULL;
     END IF;
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+    IF TG_OP = 'DELETE' THEN
         DELETE FROM billing.event_ids i USING old_events o WHERE i.event_id = o.event_id;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    ELSE
         INSERT INTO billing.event_ids (event_id, fingerprint, received_at)
         SELECT event_id, fingerprint, received_at FROM new_events;
     END IF;
@@ -37,11 +41,11 @@ END $$;
 CREATE TRIGGER events_register_inserted AFTER INSERT ON billing.events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION billing.sync_event_ids();
-CREATE TRIGGER events_register_updated AFTER UPDATE ON billing.events
-    REFERENCING OLD TABLE AS old_events NEW TABLE AS new_events
-    FOR EACH STATEMENT EXECUTE FUNCTION billing.sync_event_ids();
 CREATE TRIGGER events_register_deleted AFTER DELETE ON billing.events
     REFERENCING OLD TABLE AS old_events
     FOR EACH STATEMENT EXECUTE FUNCTION billing.sync_event_ids();
 CREATE TRIGGER events_register_truncated AFTER TRUNCATE ON billing.events
     FOR EACH STATEMENT EXECUTE FUNCTION billing.sync_event_ids();
+
+CREATE TRIGGER events_never_updated BEFORE UPDATE ON billing.events
+    FOR EACH STATEMENT EXECUTE FUNCTION billing.reject_change();

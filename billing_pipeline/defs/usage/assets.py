@@ -73,6 +73,7 @@ def build_usage_dbt_assets(manifest: Path) -> dg.AssetsDefinition:
         # Unit tests check the SQL, not the data: they run as their own asset checks
         # (usage_dbt_unit_tests), not on every partition.
         args = ["build", "--exclude", "test_type:unit"]
+        dbt_window: dict[str, str] = {}
         tags = context.run.tags
         if config.full_refresh:
             args.append("--full-refresh")
@@ -80,7 +81,7 @@ def build_usage_dbt_assets(manifest: Path) -> dg.AssetsDefinition:
             reason = late_events.REASON_FULL_REFRESH
         else:
             start, end = window_dates(*context.partition_time_window)
-            args += ["--vars", json.dumps(dbt_vars(start, end))]
+            dbt_window = dbt_vars(start, end)
             reason = tags.get(TAG_REASON, late_events.REASON_PARTITION)
         metadata: dict[str, Any] = {
             "usage/window": "all days (full refresh)" if start is None else f"[{start}, {end})",
@@ -95,6 +96,8 @@ def build_usage_dbt_assets(manifest: Path) -> dg.AssetsDefinition:
         with late_events.usage_dbt_lock(engine):
             with engine.connect() as conn:
                 horizon = late_events.visibility_horizon(conn)
+            # usage_period records the horizon with the rows it computes (see its model)
+            args += ["--vars", json.dumps(dbt_window | {"usage_horizon": horizon.isoformat()})]
             with dbt_environment(settings):
                 invocation = dbt.cli(args, context=context)
                 try:

@@ -17,16 +17,20 @@
   Incremental: a run replaces the whole months its window [min_date, max_date) touches
   (replace_window on period_start, month grain). unique_count, latest and weighted_sum need a pass
   over the month's raw events; a run whose window lies in one month (a day's partition, a late-event
-  refresh) skips that pass when no row of these aggregations changed, and keeps their values. A row
-  is unchanged when its metric definition, its number of events in the month (from usage_daily:
-  events are only ever added, so the same count is the same events) and, for weighted_sum, its
-  opening level are those it was computed with: a recomputation would give the same value. A late
-  event of a count, sum or max metric thus costs no raw pass; a changed row makes the run compute
-  the month's rows of its metric (every metric with a changed row; only their organisations' rows
-  when they are few), as runs over other windows compute every row. The planner cannot know how
-  many rows changed (a late-event refresh: a few; a day's partition: nearly all), and a sort of the
-  month's events would cost twice a hash: the model's transaction turns sorts off (pre_hook), so
-  its aggregates hash whatever the estimates.
+  refresh) keeps the rows of these aggregations that are unchanged, and passes over the events of
+  the others' metrics only (of their organisations too, when they are few), or not at all.
+
+  A row is unchanged, so that computing it again would give the same value, when no event of its
+  organisation, metric and month was ingested at or after the visibility horizon it was computed
+  under (computed_horizon: every event ingested before it was visible to that computation; events
+  are never updated, sql/0006_event_ids.sql), its metric definition is the same, its event_count
+  equals usage_daily's (a rerun after an operator deleted events) and, for weighted_sum, its opening
+  level is the same (a late event in an earlier month). The horizon comes from the Dagster asset
+  (var usage_horizon, taken before dbt starts); a row computed without one is never kept.
+
+  The planner cannot know how many rows changed (a late-event refresh: a few; a day's partition:
+  nearly all), and a sort of the month's events would cost twice a hash: the model's transaction
+  turns sorts off (pre_hook), so its aggregates hash whatever the estimates.
 -#}
 {{ config(
     incremental_strategy='replace_window',
@@ -40,6 +44,7 @@
 {%- set window = usage_window_bounds('month') %}
 {%- set keep_unchanged = is_incremental() and window is not none and window.start == window.last_month %}
 {%- set raw_aggregations = "('unique_count', 'latest', 'weighted_sum')" %}
+{%- set horizon = var('usage_horizon', none) %}
 
 with metrics as (
     select
@@ -105,10 +110,26 @@ ws_prior as (
     group by e.organisation_id, e.metric
 ),
 
+{%- if keep_unchanged %}
+-- The month's organisations and metrics with events ingested at or after the oldest horizon of the
+-- month's rows (few, and found through the BRIN index on ingested_at), with their last such event
+fresh as materialized (
+    select e.organisation_id, e.metric, max(e.ingested_at) as last_ingested_at
+    from {{ ref('stg_events') }} as e
+    where {{ usage_ts_filter('e.occurred_at', 'month') }}
+        and e.ingested_at >= (
+            select min(p.computed_horizon) from {{ this }} as p
+            where p.period_start = '{{ window.start.isoformat() }}'::date
+        )
+    group by e.organisation_id, e.metric
+),
+{%- endif %}
+
 -- The rows of the month whose unique_count, latest or weighted_sum value this run keeps (see above)
 kept as materialized (
 {%- if keep_unchanged %}
-    select p.organisation_id, p.metric, p.period_start, p.units, p.opening_level, p.closing_level
+    select p.organisation_id, p.metric, p.period_start, p.units, p.opening_level, p.closing_level,
+        p.computed_horizon
     from {{ this }} as p
     inner join metrics as mt
         on mt.metric = p.metric and mt.definition = p.metric_definition
@@ -117,6 +138,12 @@ kept as materialized (
         on d.organisation_id = p.organisation_id and d.metric = p.metric and d.period_start = p.period_start
     left join ws_prior as w on w.organisation_id = p.organisation_id and w.metric = p.metric
     where p.period_start = '{{ window.start.isoformat() }}'::date
+        and p.computed_horizon is not null
+        and not exists (
+            select 1 from fresh as f
+            where f.organisation_id = p.organisation_id and f.metric = p.metric
+                and f.last_ingested_at >= p.computed_horizon
+        )
         and p.event_count = coalesce(d.event_count, 0)
         and (mt.aggregation <> 'weighted_sum' or p.opening_level = coalesce(w.level, 0))
 {%- else %}
@@ -126,7 +153,8 @@ kept as materialized (
         null::date as period_start,
         null::numeric as units,
         null::numeric as opening_level,
-        null::numeric as closing_level
+        null::numeric as closing_level,
+        null::timestamptz as computed_horizon
     where false
 {%- endif %}
 ),
@@ -278,7 +306,16 @@ select
     coalesce(d.event_count, 0)::bigint as event_count,
     round(coalesce(kp.opening_level, w.opening_level), 12)::numeric(38, 12) as opening_level,
     round(coalesce(kp.closing_level, w.closing_level), 12)::numeric(38, 12) as closing_level,
-    mt.definition::text as metric_definition
+    mt.definition::text as metric_definition,
+    -- rows of unique_count, latest and weighted_sum only (the others always come from usage_daily);
+    -- a kept row keeps the horizon its values were computed under
+    case
+        when kp.organisation_id is not null then kp.computed_horizon
+{%- if horizon %}
+        when mt.aggregation in {{ raw_aggregations }}
+            then '{{ modules.datetime.datetime.fromisoformat(horizon | string).isoformat() }}'::timestamptz
+{%- endif %}
+    end as computed_horizon
 from period_keys as k
 inner join metrics as mt on mt.metric = k.metric
 inner join months as m on m.period_start = k.period_start
