@@ -159,12 +159,19 @@ kept as materialized (
 {%- endif %}
 ),
 
--- The month's rows of these aggregations that changed: if there is none, no raw pass
+-- The month's rows of these aggregations that changed (with usage, or with events usage_daily has
+-- not counted yet): if there is none, no raw pass
 changed as materialized (
-    select d.organisation_id, d.metric
-    from daily as d
-    inner join metrics as mt on mt.metric = d.metric and mt.aggregation in {{ raw_aggregations }}
-    where not exists (select 1 from kept as k where k.organisation_id = d.organisation_id and k.metric = d.metric)
+    select c.organisation_id, c.metric
+    from (
+        select organisation_id, metric from daily
+{%- if keep_unchanged %}
+        union
+        select organisation_id, metric from fresh
+{%- endif %}
+    ) as c
+    inner join metrics as mt on mt.metric = c.metric and mt.aggregation in {{ raw_aggregations }}
+    where not exists (select 1 from kept as k where k.organisation_id = c.organisation_id and k.metric = c.metric)
 ),
 
 -- unique_count, latest and weighted_sum: one pass over the months' raw events of those metrics,
