@@ -202,6 +202,13 @@ def snapshot(engine: sa.Engine, *, bookkeeping: bool = True) -> dict[str, list[t
         }
 
 
+def period_units(engine: sa.Engine, month: str) -> dict[tuple[str, str], Decimal]:
+    """usage_period's units of one month, by organisation and metric."""
+    query = sa.text("SELECT organisation_id, metric, units FROM usage.usage_period WHERE period_start = :m")
+    with engine.connect() as conn:
+        return {(r.organisation_id, r.metric): r.units for r in conn.execute(query, {"m": month})}
+
+
 def run_range(instance, first: str, last: str, **kwargs) -> dg.ExecuteInProcessResult:
     tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
     return USAGE_JOB.execute_in_process(instance=instance, tags=tags | kwargs.pop("tags", {}), **kwargs)
@@ -282,6 +289,7 @@ def test_month_backfill_in_one_run_equals_day_by_day_reruns_change_nothing_and_r
     }
 
     month = snapshot(engine)
+    month_values = snapshot(engine, bookkeeping=False)
     with engine.connect() as conn:
         # usage_daily equals the valid raw events, day by day
         raw = conn.execute(
@@ -394,10 +402,7 @@ def test_month_backfill_in_one_run_equals_day_by_day_reruns_change_nothing_and_r
     build_day_by_day(
         settings, [date(2025, 1, 1) + timedelta(days=i) for i in range(31)], tmp_path / "dbt-target"
     )
-    assert snapshot(engine, bookkeeping=False) == {
-        "daily": month["daily"],
-        "period": [row[:-1] for row in month["period"]],
-    }
+    assert snapshot(engine, bookkeeping=False) == month_values
 
 
 def test_late_events_are_aggregated_again_by_the_sensor_without_human_action(engine):
@@ -488,12 +493,7 @@ def test_late_events_are_aggregated_again_by_the_sensor_without_human_action(eng
             ).all()
         )
         refreshed = dict(conn.execute(sa.text("SELECT usage_date, reason FROM usage.aggregated_days")).all())
-
-        def period(month: str) -> dict:
-            query = sa.text("SELECT * FROM usage.usage_period WHERE period_start = :m")
-            return {(r.organisation_id, r.metric): r.units for r in conn.execute(query, {"m": month})}
-
-        january, february, march = period("2025-01-01"), period("2025-02-01"), period("2025-03-01")
+    january, february, march = (period_units(engine, m) for m in ("2025-01-01", "2025-02-01", "2025-03-01"))
     before_totals = defaultdict(int)
     for r in before["daily"]:
         before_totals[r.usage_date] += r.event_count
@@ -525,9 +525,7 @@ def test_late_events_are_aggregated_again_by_the_sensor_without_human_action(eng
     assert not tick(result.cursor).run_requests
 
     def january_units() -> dict:
-        with engine.connect() as conn:
-            query = sa.text("SELECT * FROM usage.usage_period WHERE period_start = '2025-01-01'")
-            return {(r.organisation_id, r.metric): r.units for r in conn.execute(query)}
+        return period_units(engine, "2025-01-01")
 
     # A late event of a count metric only: the refresh keeps January's unique_count, latest and
     # weighted_sum rows as they are (no pass over the month's raw events), and January is still

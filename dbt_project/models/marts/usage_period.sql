@@ -42,7 +42,8 @@
     ],
 ) }}
 {%- set window = usage_window_bounds('month') %}
-{%- set keep_unchanged = is_incremental() and window is not none and window.start == window.last_month %}
+{%- set one_month = window is not none and window.start == window.last_month %}
+{%- set keep_unchanged = is_incremental() and one_month %}
 {%- set raw_aggregations = "('unique_count', 'latest', 'weighted_sum')" %}
 {%- set horizon = var('usage_horizon', none) %}
 
@@ -185,7 +186,7 @@ raw_groups as (
     select
         e.organisation_id,
         e.metric,
-{%- if window and window.start == window.last_month %}
+{%- if one_month %}
         '{{ window.start.isoformat() }}'::date as period_start,
 {%- else %}
         date_trunc('month', e.occurred_at at time zone 'UTC')::date as period_start,
@@ -229,7 +230,7 @@ raw_period as materialized (
 ),
 
 -- latest: the quantity of the month's last event; equal occurred_at broken by the later received_at,
--- then the greater event_id (a look-up by the events' (organisation_id, metric, occurred_at) index)
+-- then the greater event_id (a look-up by the events' occurred_at index)
 latest as (
     select distinct on (r.organisation_id, r.metric, r.period_start)
         r.organisation_id,
