@@ -118,6 +118,45 @@ def test_each_bad_row_has_its_reason_and_never_stops_the_batch(wh, edge):
     assert conservation_violations(wh, edge) == []
 
 
+def test_clean_rows_skip_the_checks_and_a_value_that_only_looks_right_sends_its_batch_there(wh, edge):
+    """A clean batch goes in with one statement; bad rows alone are checked; a value with the right
+    shape that does not parse (the clean insert fails on it) has its whole batch checked."""
+    clean = [event(f"clean-{i}", received=T0 + timedelta(minutes=i)) for i in range(4)]
+    edge_store.insert_events(edge, clean)
+    assert (r := move(wh, edge)).inserted == 4 and r.checked == 0
+
+    hour = T0 + timedelta(hours=1)
+    mixed = [event(f"mixed-{i}", received=hour + timedelta(minutes=i)) for i in range(3)]
+    mixed.append(event("mixed-bad", org="org_ghost", received=hour + timedelta(minutes=5)))
+    edge_store.insert_events(edge, mixed)
+    assert (r := move(wh, edge)).inserted == 3 and r.checked == 1 and r.reasons == {"unknown_organisation": 1}
+
+    unparsable = {
+        "bad_occurred_at": event("feb-30", occurred="2026-02-30T10:00:00Z", received=T0 + timedelta(hours=2)),
+        "bad_quantity": event("too-big", quantity="1" * 27, received=T0 + timedelta(hours=3)),
+        "malformed_properties": event("broken-json", properties='{"a": }', received=T0 + timedelta(hours=4)),
+    }
+    for i, (reason, row) in enumerate(unparsable.items()):
+        received = T0 + timedelta(hours=2 + i)
+        batch = [row] + [event(f"with-{row[0]}-{j}", received=received + timedelta(minutes=j)) for j in range(2)]
+        edge_store.insert_events(edge, batch)
+        r = move(wh, edge, received, received + timedelta(hours=1))
+        assert (r.inserted, r.checked, r.reasons) == (2, 3, {reason: 1}), row[0]
+    assert rows_of(wh, "SELECT count(*) FROM billing.events") == [(4 + 3 + 2 * len(unparsable),)]
+    assert conservation_violations(wh, edge) == []
+
+
+def test_replays_new_and_bad_rows_in_one_batch_are_each_counted_once(wh, edge):
+    edge_store.insert_events(edge, [event(f"old-{i}") for i in range(5)])
+    move(wh, edge)
+    edge.execute("UPDATE events SET processed_at = NULL")  # the marks were lost after the commit
+    edge_store.insert_events(edge, [event(f"new-{i}") for i in range(3)] + [event("new-bad", quantity="x")])
+    r = move(wh, edge)
+    assert (r.read, r.inserted, r.already_moved, r.quarantined, r.checked) == (9, 3, 5, 1, 1)
+    assert rows_of(wh, "SELECT count(*) FROM billing.events") == [(8,)]
+    assert conservation_violations(wh, edge) == []
+
+
 def test_rerun_changes_nothing_and_replay_is_not_a_conflict(wh, edge):
     edge_store.insert_events(edge, [event(f"e{i}") for i in range(10)])
     move(wh, edge)

@@ -20,32 +20,22 @@ WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluate
             num_nulls(s.event_id, s.organisation_id, s.project_id, s.metric, s.quantity, s.occurred_at,
                       s.received_at) > 0
                 OR '' IN (s.event_id, s.organisation_id, s.project_id, s.metric) AS missing,
-            -- Shapes checked with LIKE and translate, values with PostgreSQL's own parser
-            -- (pg_input_is_valid): several times cheaper than regular expressions on every row.
-            s.received_at LIKE '____-__-__T__:__:__%'
-                AND (s.received_at LIKE '%Z' OR s.received_at LIKE '%+00:00' OR s.received_at LIKE '%+00')
+            -- the shape first (sql/0007_edge_text_shapes.sql), then PostgreSQL's own parser
+            billing.is_utc_timestamp_text(s.received_at)
                 AND pg_input_is_valid(s.received_at, 'timestamptz') AS received_ok,
-            -- a plain decimal: digits, a point, a sign; numeric(38,12) refuses too many integer
-            -- digits; more than 12 fraction digits would be rounded on input, so they are refused
-            translate(s.quantity, '0123456789.+-', '') = ''
-                AND pg_input_is_valid(s.quantity, 'numeric(38,12)')
-                AND (strpos(s.quantity, '.') = 0 OR length(s.quantity) - strpos(s.quantity, '.') <= 12)
-                AS quantity_ok,
-            -- ISO 8601 with an explicit offset (Z, or +hh[:mm] / -hh[:mm] after the time)
-            s.occurred_at LIKE '____-__-__%__:__:__%' AND substr(s.occurred_at, 11, 1) IN ('T', ' ')
-                AND (s.occurred_at LIKE '%Z' OR strpos(substr(s.occurred_at, 20), '+') > 0
-                     OR strpos(substr(s.occurred_at, 20), '-') > 0)
+            billing.is_plain_decimal_text(s.quantity)
+                AND pg_input_is_valid(s.quantity, 'numeric(38,12)') AS quantity_ok,
+            billing.is_offset_timestamp_text(s.occurred_at)
                 AND pg_input_is_valid(s.occurred_at, 'timestamptz') AS occurred_ok,
-            -- a JSON object: valid JSON whose first non-blank character is '{'
-            s.properties IS NULL OR (ltrim(s.properties, E' \t\r\n') LIKE '{%'
+            s.properties IS NULL OR (billing.is_json_object_text(s.properties)
                                      AND pg_input_is_valid(s.properties, 'jsonb')) AS properties_ok
     ) v
     LEFT JOIN billing.organisations o ON o.organisation_id = s.organisation_id
     LEFT JOIN billing.billable_metrics m ON m.code = s.metric
     -- One index probe per staged row into the registry of every event_id in the warehouse
-    -- (sql/0006_event_ids.sql), never a join that reads it whole.
+    -- (sql/0006_event_ids.sql), never a join that reads it whole (OFFSET 0 keeps it a probe).
     LEFT JOIN LATERAL (
-        SELECT i.fingerprint, i.received_at FROM billing.event_ids i WHERE i.event_id = s.event_id
+        SELECT i.fingerprint, i.received_at FROM billing.event_ids i WHERE i.event_id = s.event_id OFFSET 0
     ) ex ON true
 )
 SELECT c.edge_rowid, c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity, c.occurred_at,
