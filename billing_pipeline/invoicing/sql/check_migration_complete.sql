@@ -11,7 +11,7 @@ FROM (
 ) s
 WHERE s.occurred_ts >= :period_start_ts AND s.occurred_ts < :period_end_ts
   AND (NOT s.processed OR coalesce(s.event_id, '') <> '')
-  AND NOT EXISTS (SELECT 1 FROM billing.events e WHERE e.event_id = s.event_id AND e.occurred_at = s.occurred_ts)
+  AND NOT EXISTS (SELECT 1 FROM billing.event_ids i WHERE i.event_id = s.event_id)  -- the ids of billing.events
   AND NOT EXISTS (SELECT 1 FROM billing.quarantined_events q WHERE q.event_id = s.event_id)
 GROUP BY 1
 ORDER BY 1
