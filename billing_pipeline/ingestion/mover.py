@@ -59,7 +59,7 @@ def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at
         for row in rows:
             copy.write_row(row)
     # no ANALYZE: the planner sizes a fresh temp table from its pages, which is enough here
-# Monthly partitions for the batch's months (older than 400 days before arrival: the DEFAULT one).
+# Monthly partitions for the checked rows' months (older than 400 days before arrival: the DEFAULT one).
 _ENSURE_PARTITIONS = """
 SELECT billing.ensure_event_partitions(min(occurred_ts AT TIME ZONE 'UTC')::date,
                                        max(occurred_ts AT TIME ZONE 'UTC')::date)
@@ -126,7 +126,7 @@ def _insert_clean(conn: sa.Connection) -> int:
             # is a subplan and stays one index probe per row
             cursor.execute("SET LOCAL enable_nestloop = off")
             inserted, first_day, last_day = cursor.execute(_INSERT_CLEAN).fetchone()
-            cursor.execute("SET LOCAL enable_nestloop = on")
+            cursor.execute("SET LOCAL enable_nestloop TO DEFAULT")
     except psycopg.errors.DataError:
         return 0
     if first_day is not None:  # a month without its partition got its rows in DEFAULT: move them
