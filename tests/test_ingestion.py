@@ -227,6 +227,21 @@ def test_late_event_lands_in_its_received_hour_and_is_never_missed(wh, edge):
     assert occurred_at == occurred and partition == "billing.events_2026_10"
 
 
+def test_a_new_month_gets_its_partition_and_an_ancient_event_stays_in_default(wh, edge):
+    def partitions():
+        return dict(rows_of(wh, "SELECT event_id, tableoid::regclass::text FROM billing.events"))
+
+    edge_store.insert_events(edge, [event("sep", occurred=T0 - timedelta(days=20)), event("oct")])
+    move(wh, edge)
+    assert partitions() == {"sep": "billing.events_2026_09", "oct": "billing.events_2026_10"}
+    # more than 400 days before its arrival: no partition for its month, it stays in DEFAULT
+    edge_store.insert_events(edge, [event("ancient", occurred=T0 - timedelta(days=800),
+                                          received=T0 + timedelta(hours=1))])
+    assert move(wh, edge).inserted == 1
+    assert partitions()["ancient"] == "billing.events_default"
+    assert rows_of(wh, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'billing.events'::regclass") == [(3,)]
+
+
 def test_conservation_over_random_runs_and_reruns(wh, edge):
     rng = random.Random(20261121)
     hours = [T0 + timedelta(hours=h) for h in range(12)]
