@@ -59,6 +59,8 @@ def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at
         for row in rows:
             copy.write_row(row)
     # no ANALYZE: the planner sizes a fresh temp table from its pages, which is enough here
+
+
 # Monthly partitions for the checked rows' months (older than 400 days before arrival: the DEFAULT one).
 _ENSURE_PARTITIONS = """
 SELECT billing.ensure_event_partitions(min(occurred_ts AT TIME ZONE 'UTC')::date,

@@ -1,5 +1,7 @@
 -- Every staged row with its fingerprint, what the warehouse already holds under its event_id, its
 -- typed values, and, when it cannot be accepted, the first reason why (checks in order, one reason).
+-- Rows already in the warehouse as themselves have left the stage before (unstage_moved.sql), so an
+-- event_id found here is a conflict.
 -- A cast runs only in a CASE branch guarded by its format check, so a bad row never errors.
 CREATE TEMP TABLE edge_checked ON COMMIT DROP AS
 WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluated once per row
@@ -40,7 +42,6 @@ WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluate
 )
 SELECT c.edge_rowid, c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity, c.occurred_at,
     c.received_at, c.properties, c.fingerprint, r.reason,
-    c.existing_fingerprint IS NOT NULL AND r.reason IS NULL AS already_moved,
     CASE WHEN NOT c.missing THEN c.received_ts END AS received_ts,
     CASE WHEN r.reason IS NULL THEN c.quantity_num END AS quantity_num,
     CASE WHEN r.reason IS NULL THEN c.occurred_ts END AS occurred_ts,

@@ -1,5 +1,5 @@
--- The checked batch into the warehouse: new valid rows into events (a replay, same event_id and
--- fingerprint, is already there and skipped), rejected rows into quarantine (a re-run adds nothing).
+-- The checked rows into the warehouse: valid rows into events (every one new: replays left the stage
+-- before, unstage_moved.sql), rejected rows into quarantine (a re-run adds nothing).
 -- Returns how many rows each insert added.
 WITH new_events AS (
     INSERT INTO billing.events
@@ -8,7 +8,7 @@ WITH new_events AS (
     SELECT c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity_num, c.occurred_ts,
         c.received_ts, c.properties_json, c.fingerprint
     FROM edge_checked c
-    WHERE c.reason IS NULL AND NOT c.already_moved
+    WHERE c.reason IS NULL
     RETURNING 1
 ),
 new_quarantine AS (
