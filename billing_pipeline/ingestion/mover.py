@@ -1,27 +1,30 @@
 """Move edge rows of a received_at window into the warehouse, exactly once.
 
 Per batch (a keyset page of the edge):
-  1. one warehouse transaction: COPY the raw rows into a temp staging table; insert the clean ones
+  1. the months the page arrived in get their monthly partitions, if they have none yet;
+  2. one warehouse transaction: COPY the raw rows into a temp staging table; insert the clean ones
      into `events` in one statement (sql/insert_clean.sql); when rows are left, check them in SQL
-     (sql/check_stage.sql) and insert the valid ones absent from `events` and the rejected ones into
-     `quarantined_events` (sql/insert_checked.sql);
-  2. after that commit, and only then, mark the batch's edge rows processed (in a thread, while the
-     warehouse works on the next batch).
-A crash between 1 and 2 leaves rows unmarked; the next run stages them again, finds them already in
-the warehouse (same event_id, same fingerprint) and only marks them. An advisory lock serializes
-movers, so two runs never race on the same event_id; the database refuses a second copy of an
-event_id anyway (billing.event_ids, sql/0006_event_ids.sql).
+     (sql/check_stage.sql) and insert the valid ones and the rejected ones into `quarantined_events`
+     (sql/insert_checked.sql);
+  3. after that commit, and only then, mark the batch's edge rows processed (in a thread); rows of
+     another month without its partition went to DEFAULT, and the month gets its partition now.
+A crash between 2 and 3 leaves rows unmarked; the next run stages them again, finds them already in
+the warehouse (same event_id, same fingerprint) and only marks them.
+Two batches are in the warehouse at once (two connections): one's COPY and casts run while the
+other inserts. Their rows never share an event_id (the edge's key). A run holds the mover's advisory
+lock from start to end, so two runs never race on an event_id and finalization waits for a run; the
+database refuses a second copy of an event_id anyway (billing.event_ids, sql/0006_event_ids.sql).
 """
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -30,7 +33,10 @@ from sqlalchemy.engine import Engine
 from billing_pipeline import edge_store, sql_files
 
 DEFAULT_BATCH_SIZE = 50_000
-# The advisory lock every writer of billing.events holds (finalization takes it too).
+# Batches in the warehouse at once. Two keep both cores of a small machine busy (one batch's COPY and
+# casts beside the other's inserts, the edge store's reads and marks in between); three measured slower.
+DEFAULT_WORKERS = 2
+# The advisory lock a mover run holds throughout (finalization takes it too).
 MOVER_LOCK = "billing.warehouse_events"
 
 
@@ -45,6 +51,10 @@ _UNSTAGE_MOVED = sql_text("unstage_moved.sql")
 _CHECK = sql_text("check_stage.sql")
 _INSERT = sql_text("insert_checked.sql")
 _STAGE_COLUMNS = ("edge_rowid",) + edge_store.STAGED_COLUMNS[1:]
+_RECEIVED_AT = edge_store.STAGED_COLUMNS.index("received_at")
+# Monthly partitions for [a, b] (sql/0009_event_partitions_beside_inserts.sql), called in a
+# transaction that inserts nothing.
+_ENSURE_PARTITIONS = "SELECT billing.ensure_event_partitions(:a, :b)"
 
 
 def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at: bool = False) -> None:
@@ -61,13 +71,12 @@ def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at
     # no ANALYZE: the planner sizes a fresh temp table from its pages, which is enough here
 
 
-# Monthly partitions for the checked rows' months (older than 400 days before arrival: the DEFAULT one).
-_ENSURE_PARTITIONS = """
-SELECT billing.ensure_event_partitions(min(occurred_ts AT TIME ZONE 'UTC')::date,
-                                       max(occurred_ts AT TIME ZONE 'UTC')::date)
+# The first and last UTC day of the checked rows that get a monthly partition (a row more than 400
+# days older than its arrival stays in the DEFAULT one), as insert_clean.sql returns them.
+_CHECKED_DAYS = """
+SELECT (min(occurred_ts) AT TIME ZONE 'UTC')::date, (max(occurred_ts) AT TIME ZONE 'UTC')::date
 FROM edge_checked
-WHERE occurred_ts >= received_ts - interval '400 days'
-HAVING count(*) > 0
+WHERE reason IS NULL AND occurred_ts >= received_ts - interval '400 days'
 """
 
 
@@ -105,52 +114,79 @@ class MoveResult:
 
 
 def move_batch(engine: Engine, rows: list[tuple]) -> MoveResult:
-    """Stage a batch and commit all of it to the warehouse in one transaction (the edge is the
-    caller's to mark afterwards)."""
+    """Stage a batch and commit all of it to the warehouse in one transaction, then give its new
+    months their partitions (the edge is the caller's to mark, the lock the caller's to hold)."""
     result = MoveResult(read=len(rows), batches=1)
     with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": MOVER_LOCK})
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")  # the batch sorts/hashes in memory
         stage_edge_rows(conn, rows)
-        result.inserted = _insert_clean(conn)
+        result.inserted, days = _insert_clean(conn)
         if result.inserted < len(rows):
-            _move_checked(conn, result)
+            days += _move_checked(conn, result)
+    if days:  # rows of a month without its partition went to DEFAULT: they move now
+        with engine.begin() as conn:
+            conn.execute(sa.text(_ENSURE_PARTITIONS), {"a": min(days), "b": max(days)})
     return result
 
 
-def _insert_clean(conn: sa.Connection) -> int:
-    """The staged batch's clean rows into events; how many. 0 when a value of the right shape does
-    not parse: the statement fails, its savepoint is rolled back, the checked path takes the batch."""
+def _prepare_arrival_months(conn: sa.Connection, rows: list[tuple]) -> None:
+    """Partitions for the months a window's page arrived in (a day either side), before its batch
+    inserts: most events occur around their arrival, so their rows do not pass through DEFAULT.
+    Any other month gets its partition after the batch commits (move_batch)."""
+    try:
+        first, last = (datetime.fromisoformat(rows[i][_RECEIVED_AT]).date() for i in (0, -1))
+        days = {"a": first - timedelta(days=1), "b": last + timedelta(days=1)}
+    except (TypeError, ValueError, OverflowError):
+        return  # the page of rows no window can hold, or a window at the ends of the calendar
+    conn.execute(sa.text(_ENSURE_PARTITIONS), days)
+
+
+def _insert_clean(conn: sa.Connection) -> tuple[int, list]:
+    """The staged batch's clean rows into events: how many, and the first and last day among them
+    that get a monthly partition. (0, []) when a value of the right shape does not parse or an
+    event_id is already in the warehouse: the statement fails, its savepoint is rolled back, the
+    checked path takes the batch."""
     cursor = conn.connection.cursor()
     try:
         with conn.begin_nested():
-            # hash joins for the catalog (a fresh temp table has no statistics); the registry probe
-            # is a subplan and stays one index probe per row
+            # hash joins for the catalog (a fresh temp table has no statistics)
             cursor.execute("SET LOCAL enable_nestloop = off")
             inserted, first_day, last_day = cursor.execute(_INSERT_CLEAN).fetchone()
             cursor.execute("SET LOCAL enable_nestloop TO DEFAULT")
-    except psycopg.errors.DataError:
-        return 0
-    if first_day is not None:  # a month without its partition got its rows in DEFAULT: move them
-        cursor.execute("SELECT billing.ensure_event_partitions(%s, %s)", (first_day, last_day))
-    return inserted
+    except (psycopg.errors.DataError, psycopg.errors.UniqueViolation):
+        return 0, []
+    return inserted, [first_day, last_day] if first_day is not None else []
 
 
-def _move_checked(conn: sa.Connection, result: MoveResult) -> None:
+def _move_checked(conn: sa.Connection, result: MoveResult) -> list:
     """The staged rows insert_clean.sql left: each checked, then inserted or quarantined with its
-    reason; a row already in the warehouse as itself is only counted."""
+    reason; a row already in the warehouse as itself is only counted. Returns the first and last day
+    of the inserted rows that get a monthly partition."""
     cursor = conn.connection.cursor()
     in_warehouse = cursor.execute(_UNSTAGE_MOVED).rowcount  # includes the rows just inserted
     result.already_moved = in_warehouse - result.inserted
     result.checked = result.read - in_warehouse
     cursor.execute(_CHECK)
-    cursor.execute(_ENSURE_PARTITIONS)
     inserted, result.quarantined = cursor.execute(_INSERT).fetchone()
     result.inserted += inserted
     for reason, count in cursor.execute(
         "SELECT reason, count(*) FROM edge_checked WHERE reason IS NOT NULL GROUP BY 1"
     ):
         result.reasons[reason] += count
+    first_day, last_day = cursor.execute(_CHECKED_DAYS).fetchone()
+    return [first_day, last_day] if first_day is not None else []
+
+
+@contextmanager
+def holding_mover_lock(engine: Engine) -> Iterator[sa.Connection]:
+    """The mover's advisory lock at session level for the block, on a connection of its own (in
+    autocommit: each statement on it is a transaction)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": MOVER_LOCK})
+        try:
+            yield conn
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": MOVER_LOCK})
 
 
 def move_window(
@@ -160,25 +196,31 @@ def move_window(
     end: datetime,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
     on_batch: Callable[[MoveResult], None] | None = None,
 ) -> MoveResult:
     """Move every unprocessed edge row received in [start, end), plus any row no window can hold.
 
-    The next page is read from the edge store (on a second connection, in a thread) while the
-    warehouse works on the current one.
+    The next page is read from the edge store (on a second connection, in a thread) while `workers`
+    batches are in the warehouse; batches are settled (marked on the edge, counted) in page order.
     """
     total = MoveResult()
-    unwindowed = edge_store.read_unwindowed(edge)
     reader = edge_store.connect(edge_store.path_of(edge), check_same_thread=False)
     marker = edge_store.connect(edge_store.path_of(edge), check_same_thread=False)
-    ahead = _read_ahead(
-        edge_store.read_window(reader, edge_store.hour_text(start), edge_store.hour_text(end), batch_size)
-    )
+    ahead = _read_ahead(_pages(reader, start, end, batch_size))
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-marker") as marking:
-            marked = None  # the previous batch's marking: one at a time, its error raised here
-            for rows in itertools.chain([unwindowed] if unwindowed else [], ahead):
-                batch = move_batch(engine, rows)
+        with (
+            holding_mover_lock(engine) as locked,
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warehouse-batch") as warehouse,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-marker") as marking,
+        ):
+            in_warehouse: deque[tuple[Future, list[tuple]]] = deque()
+            marked: Future | None = None  # the last marking submitted: one at a time, its error raised here
+
+            def settle() -> None:
+                nonlocal marked
+                moving, rows = in_warehouse.popleft()
+                batch = moving.result()
                 # The warehouse has committed every row of the batch: only now may the edge say so.
                 if marked:
                     marked.result()
@@ -186,6 +228,14 @@ def move_window(
                 total.add(batch)
                 if on_batch:
                     on_batch(batch)
+
+            for rows in ahead:
+                if len(in_warehouse) == workers:
+                    settle()
+                _prepare_arrival_months(locked, rows)
+                in_warehouse.append((warehouse.submit(move_batch, engine, rows), rows))
+            while in_warehouse:
+                settle()
             if marked:
                 marked.result()
     finally:
@@ -193,6 +243,13 @@ def move_window(
         reader.close()
         marker.close()
     return total
+
+
+def _pages(reader: sqlite3.Connection, start: datetime, end: datetime, batch_size: int) -> Iterator[list[tuple]]:
+    """The window's pages, then the rows no window can hold (every run sweeps them up)."""
+    yield from edge_store.read_window(reader, edge_store.hour_text(start), edge_store.hour_text(end), batch_size)
+    if unwindowed := edge_store.read_unwindowed(reader):
+        yield unwindowed
 
 
 def _read_ahead(pages: Iterator[list[tuple]]) -> Iterator[list[tuple]]:

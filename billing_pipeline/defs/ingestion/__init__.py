@@ -7,13 +7,14 @@ import dagster as dg
 from billing_pipeline.defs.partitions import daily, hourly
 from billing_pipeline.defs.resources import EdgeStoreResource, WarehouseResource
 from billing_pipeline.ingestion import edge_checks
-from billing_pipeline.ingestion.mover import move_window
+from billing_pipeline.ingestion.mover import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, move_window
 
 RETENTION_DAYS = 7
 
 
 class MoveConfig(dg.Config):
-    batch_size: int = 50_000
+    batch_size: int = DEFAULT_BATCH_SIZE  # edge rows per warehouse transaction
+    workers: int = DEFAULT_WORKERS  # warehouse transactions at once
 
 
 @dg.asset(
@@ -42,7 +43,9 @@ def warehouse_events(
         )
 
     with edge.connect() as conn:
-        result = move_window(warehouse.engine, conn, start, end, batch_size=config.batch_size, on_batch=progress)
+        result = move_window(
+            warehouse.engine, conn, start, end, batch_size=config.batch_size, workers=config.workers, on_batch=progress
+        )
     return dg.MaterializeResult(
         metadata={"window_start": start.isoformat(), "window_end": end.isoformat(), **result.as_metadata()}
     )
