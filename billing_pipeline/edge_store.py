@@ -151,16 +151,20 @@ def read_window(
         last = (page[-1][7], page[-1][0])
 
 
-def read_unwindowed(conn: sqlite3.Connection) -> list[tuple]:
+def read_unwindowed(conn: sqlite3.Connection, start: str, end: str) -> list[tuple]:
     """Unprocessed rows whose received_at has no valid UTC hour: no window will ever select them.
 
-    Every run sweeps them up so they are quarantined (bad_received_at), never left behind.
+    Every run sweeps them up so they are quarantined (bad_received_at), never left behind. Those inside
+    the run's own window [start, end) as text (an hour with a 60th second, say) are left to its pages,
+    so that no row is in two pages of one run.
     """
     cur = conn.cursor()
     cur.row_factory = None
     return cur.execute(
         _SELECT + " WHERE processed_at IS NULL AND (received_at IS NULL"
         " OR strftime('%Y-%m-%dT%H', substr(received_at, 1, 19)) IS NOT substr(received_at, 1, 13))"
+        " AND (received_at IS NULL OR NOT (received_at >= ? AND received_at < ?))",
+        (start, end),
     ).fetchall()
 
 

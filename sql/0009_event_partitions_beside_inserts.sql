@@ -5,10 +5,10 @@
 -- them, and ATTACH would fail on finding them. Or it may have started before the ATTACH and route a
 -- row of the month to DEFAULT after it ("violates partition constraint").
 -- So, for a missing month, the function first takes billing.events in SHARE ROW EXCLUSIVE mode: it
--- waits for every insert in flight to commit, new inserts wait for it, readers do not. Then it looks
--- again (a concurrent call may have created the month meanwhile), moves the month's rows out of
--- DEFAULT and attaches the partition, as before. A month that exists costs one catalog look-up and
--- takes no lock.
+-- waits for every insert in flight to commit and new inserts wait for it; readers wait only while
+-- ATTACH holds the DEFAULT partition. Then it looks again (a concurrent call may have created the
+-- month meanwhile), moves the month's rows out of DEFAULT and attaches the partition, as before. A
+-- month that exists costs one catalog look-up and takes no lock.
 -- Call it in a transaction that has not inserted events itself: two such callers would wait for each
 -- other.
 
@@ -40,3 +40,11 @@ BEGIN
     END LOOP;
     RETURN created;
 END $$;
+
+-- The UTC day whose monthly partition holds an event: the day it occurred, or NULL when it occurred
+-- more than 400 days before it arrived (it stays in DEFAULT: no month is created for it). The mover
+-- asks ensure_event_partitions for the first and last such day of the rows it inserted.
+CREATE FUNCTION billing.event_partition_day(occurred_at timestamptz, received_at timestamptz) RETURNS date
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN occurred_at >= received_at - interval '400 days' THEN (occurred_at AT TIME ZONE 'UTC')::date END
+$$;

@@ -19,7 +19,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from billing_pipeline import edge_store
 from billing_pipeline.catalog import apply_catalog, load_catalog
 from billing_pipeline.ingestion import edge_checks
-from billing_pipeline.ingestion.mover import MOVER_LOCK, move_window
+from billing_pipeline.ingestion.mover import MOVER_LOCK, MOVER_RUN_LOCK, move_window
 
 SMALL = Path(__file__).parent / "data" / "catalog_small.yaml"
 T0 = datetime(2026, 10, 5, 10, tzinfo=timezone.utc)
@@ -94,6 +94,23 @@ def conservation_violations(engine, edge) -> list[str]:
     return problems
 
 
+def waiting_locks(engine, relation: str | None = None) -> int:
+    """How many lock requests of this database wait (on `relation`, or on advisory locks)."""
+    target = "relation = CAST(:relation AS regclass)" if relation else "locktype = 'advisory'"
+    return rows_of(engine, "SELECT count(*) FROM pg_locks WHERE NOT granted AND " + target
+                   + " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                   relation=relation)[0][0]
+
+
+def wait_for(condition, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_each_bad_row_has_its_reason_and_never_stops_the_batch(wh, edge):
     good = [event(f"ok-{i}", quantity=str(i + 1)) for i in range(6)]
     bad = {
@@ -149,6 +166,23 @@ def test_clean_rows_skip_the_checks_and_a_value_that_only_looks_right_sends_its_
         assert (r.inserted, r.checked, r.reasons) == (2, 3, {reason: 1}), row[0]
     assert rows_of(wh, "SELECT count(*) FROM billing.events") == [(4 + 3 + 2 * len(unparsable),)]
     assert conservation_violations(wh, edge) == []
+
+
+def test_rows_no_window_holds_are_swept_once_and_their_dates_create_no_partitions(wh, edge):
+    """The rows no window can hold are read after the window's pages, never with them: a received_at
+    inside the window as text but without a valid hour for SQLite (a 60th second) is read once, with
+    the window. Junk dates among them create no months outside the window."""
+    edge_store.insert_events(edge, [
+        event("in-window"), event("second-60", received="2026-10-05T10:00:60Z"),
+        event("junk-1999", received="1999-01-01 00:00:00Z"),
+        event("junk-9000", received="9000-06-01 00:00:00Z"),
+    ])
+    r = move(wh, edge, T0, T0 + timedelta(hours=1))
+    assert (r.read, r.inserted, r.quarantined, r.reasons) == (4, 2, 2, {"bad_received_at": 2})
+    assert conservation_violations(wh, edge) == []
+    partitions = {p for p, in rows_of(wh, "SELECT inhrelid::regclass::text FROM pg_inherits"
+                                          " WHERE inhparent = 'billing.events'::regclass")}
+    assert partitions == {"billing.events_default", "billing.events_2026_10"}
 
 
 def test_replays_new_and_bad_rows_in_one_batch_are_each_counted_once(wh, edge):
@@ -246,24 +280,20 @@ def test_a_new_month_gets_its_partition_and_an_ancient_event_stays_in_default(wh
 
 def test_a_months_partition_waits_for_an_insert_in_flight_into_default(wh):
     """Parallel batches: one has rows of a month without its partition in DEFAULT, not committed yet,
-    while another creates the month. The creation waits for that commit and moves those rows too
-    (and no insert that started before it can route a row of the month to DEFAULT after it)."""
-    insert = ("INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity, occurred_at,"
-              " received_at, fingerprint) VALUES ('in-flight', 'org_a', 'prj_a1', 'api_calls', 1,"
-              " '2027-03-05T00:00:00Z', '2027-03-05T00:00:01Z', 'f')")
+    while another creates the month. The creation waits for that commit and moves those rows too."""
+    insert = ("INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity,"
+              " occurred_at, received_at, fingerprint) VALUES ('in-flight', 'org_a', 'prj_a1', 'api_calls',"
+              " 1, '2027-03-05T00:00:00Z', '2027-03-05T00:00:01Z', 'f')")
 
     def create_march() -> int:
         with wh.begin() as conn:
-            return conn.execute(sa.text("SELECT billing.ensure_event_partitions('2027-03-01', '2027-03-01')")).scalar()
+            return conn.execute(sa.text("SELECT billing.ensure_event_partitions('2027-03-01', '2027-03-01')")
+                                ).scalar()
 
-    waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'billing.events'::regclass"
     with ThreadPoolExecutor(max_workers=1) as pool, wh.connect() as batch:
         batch.execute(sa.text(insert))
         creating = pool.submit(create_march)
-        deadline = time.monotonic() + 30
-        while rows_of(wh, waiting) != [(1,)] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not creating.done()
+        assert wait_for(lambda: waiting_locks(wh, "billing.events") == 1) and not creating.done()
         batch.commit()
         assert creating.result(timeout=30) == 1
     assert rows_of(wh, "SELECT event_id, tableoid::regclass::text FROM billing.events") == [
@@ -277,7 +307,8 @@ def test_an_insert_that_started_before_its_month_was_created_still_lands_there(w
         INSERT INTO billing.events (event_id, organisation_id, project_id, metric, quantity, occurred_at,
             received_at, fingerprint)
         SELECT 'slow-' || i, 'org_a', 'prj_a1', 'api_calls', 1, at, at, 'f'
-        FROM (VALUES (1, timestamptz '2026-10-05T00:00:00Z'), (2, timestamptz '2027-04-05T00:00:00Z')) v (i, at)
+        FROM (VALUES (1, timestamptz '2026-10-05T00:00:00Z'),
+                     (2, timestamptz '2027-04-05T00:00:00Z')) v (i, at)
         WHERE i = 1 OR pg_sleep(1) IS NOT NULL  -- the second row comes a second later
     """
 
@@ -285,16 +316,16 @@ def test_an_insert_that_started_before_its_month_was_created_still_lands_there(w
         with wh.begin() as conn:
             conn.execute(sa.text(slow_insert))
 
-    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+    sleeping = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                " AND datname = current_database()")
     with wh.begin() as conn:
         conn.execute(sa.text("SELECT billing.ensure_event_partitions('2026-10-01', '2026-10-01')"))
     with ThreadPoolExecutor(max_workers=1) as pool:
         inserting = pool.submit(insert)
-        deadline = time.monotonic() + 30
-        while rows_of(wh, sleeping) != [(1,)] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert wait_for(lambda: rows_of(wh, sleeping) == [(1,)])
         with wh.begin() as conn:
-            created = conn.execute(sa.text("SELECT billing.ensure_event_partitions('2027-04-01', '2027-04-01')")).scalar()
+            created = conn.execute(
+                sa.text("SELECT billing.ensure_event_partitions('2027-04-01', '2027-04-01')")).scalar()
         inserting.result(timeout=30)
     assert created == 1
     assert rows_of(wh, "SELECT event_id, tableoid::regclass::text FROM billing.events ORDER BY 1") == [
@@ -315,20 +346,39 @@ def test_parallel_batches_over_new_months_move_every_row_once(wh, edge):
         f"billing.events_{m}" for m in months}
 
 
-def test_a_run_holds_the_mover_lock_from_start_to_end(wh, edge):
-    """Finalization (and another run) waits for a whole run, not only for one of its batches."""
+def test_a_run_holds_the_run_lock_from_start_to_end(wh, edge):
+    """Runs follow each other: the run lock is held while every batch settles, and let go at the end."""
     edge_store.insert_events(edge, [event(f"l{i}", received=T0 + timedelta(seconds=i)) for i in range(30)])
     try_lock = "SELECT pg_try_advisory_xact_lock(hashtext(:k))"
     free = []
 
-    def lock_is_free(_batch) -> None:
+    def run_lock_is_free(_batch) -> None:
         with wh.begin() as conn:
-            free.append(conn.execute(sa.text(try_lock), {"k": MOVER_LOCK}).scalar())
+            free.append(conn.execute(sa.text(try_lock), {"k": MOVER_RUN_LOCK}).scalar())
 
-    assert move(wh, edge, batch_size=10, on_batch=lock_is_free).batches == 3
+    assert move(wh, edge, batch_size=10, on_batch=run_lock_is_free).batches == 3
     assert free == [False, False, False]
-    lock_is_free(None)
+    run_lock_is_free(None)
     assert free[-1] is True
+
+
+def test_batches_wait_while_finalization_holds_the_mover_lock(wh, edge):
+    """Finalization takes MOVER_LOCK exclusively (billing_pipeline/invoicing/finalize.py): no batch
+    commits an event while it looks; they go on when it is done."""
+    edge_store.insert_events(edge, [event(f"f{i}", received=T0 + timedelta(seconds=i)) for i in range(20)])
+    path = edge_store.path_of(edge)
+
+    def move_in_thread():
+        with edge_store.opened(path) as conn:  # a SQLite connection stays in its thread
+            return move(wh, conn, batch_size=5)
+
+    with ThreadPoolExecutor(max_workers=1) as pool, wh.connect() as finalization:
+        finalization.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": MOVER_LOCK})
+        moving = pool.submit(move_in_thread)
+        assert wait_for(lambda: waiting_locks(wh) == 2)  # both batches in flight wait
+        assert rows_of(wh, "SELECT count(*) FROM billing.events") == [(0,)] and not moving.done()
+        finalization.commit()
+        assert moving.result(timeout=60).inserted == 20
 
 
 def test_conservation_over_random_runs_and_reruns(wh, edge):

@@ -6,14 +6,17 @@ Per batch (a keyset page of the edge):
      into `events` in one statement (sql/insert_clean.sql); when rows are left, check them in SQL
      (sql/check_stage.sql) and insert the valid ones and the rejected ones into `quarantined_events`
      (sql/insert_checked.sql);
-  3. after that commit, and only then, mark the batch's edge rows processed (in a thread); rows of
-     another month without its partition went to DEFAULT, and the month gets its partition now.
+  3. after that commit: rows of another month without its partition went to DEFAULT, and the month
+     gets its partition (its own transaction); then, and only then, the batch's edge rows are marked
+     processed (in a thread).
 A crash between 2 and 3 leaves rows unmarked; the next run stages them again, finds them already in
 the warehouse (same event_id, same fingerprint) and only marks them.
-Two batches are in the warehouse at once (two connections): one's COPY and casts run while the
-other inserts. Their rows never share an event_id (the edge's key). A run holds the mover's advisory
-lock from start to end, so two runs never race on an event_id and finalization waits for a run; the
-database refuses a second copy of an event_id anyway (billing.event_ids, sql/0006_event_ids.sql).
+`workers` batches are in the warehouse at once, each on its own connection: one's COPY and casts run
+while another inserts. Their rows never share an event_id (the edge's key; the pages of a run are
+disjoint). Two locks: a run holds MOVER_RUN_LOCK from start to end, so runs follow each other and
+never race on an event_id; each batch transaction holds MOVER_LOCK shared, which finalization takes
+exclusively, so it waits for the batches in flight. The database refuses a second copy of an
+event_id anyway (billing.event_ids, sql/0006_event_ids.sql).
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ DEFAULT_BATCH_SIZE = 50_000
 # Batches in the warehouse at once. Two keep both cores of a small machine busy (one batch's COPY and
 # casts beside the other's inserts, the edge store's reads and marks in between); three measured slower.
 DEFAULT_WORKERS = 2
-# The advisory lock a mover run holds throughout (finalization takes it too).
+# Advisory locks: every batch transaction holds MOVER_LOCK shared (finalization takes it exclusively:
+# no event commits while it looks); a run holds MOVER_RUN_LOCK on a session of its own.
 MOVER_LOCK = "billing.warehouse_events"
+MOVER_RUN_LOCK = "billing.warehouse_events.run"
 
 
 def sql_text(name: str) -> str:
@@ -52,6 +57,7 @@ _CHECK = sql_text("check_stage.sql")
 _INSERT = sql_text("insert_checked.sql")
 _STAGE_COLUMNS = ("edge_rowid",) + edge_store.STAGED_COLUMNS[1:]
 _RECEIVED_AT = edge_store.STAGED_COLUMNS.index("received_at")
+_DAY = timedelta(days=1)
 # Monthly partitions for [a, b] (sql/0009_event_partitions_beside_inserts.sql), called in a
 # transaction that inserts nothing.
 _ENSURE_PARTITIONS = "SELECT billing.ensure_event_partitions(:a, :b)"
@@ -71,12 +77,13 @@ def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at
     # no ANALYZE: the planner sizes a fresh temp table from its pages, which is enough here
 
 
-# The first and last UTC day of the checked rows that get a monthly partition (a row more than 400
-# days older than its arrival stays in the DEFAULT one), as insert_clean.sql returns them.
+# The first and last day of the checked rows that get a monthly partition, as insert_clean.sql
+# returns them.
 _CHECKED_DAYS = """
-SELECT (min(occurred_ts) AT TIME ZONE 'UTC')::date, (max(occurred_ts) AT TIME ZONE 'UTC')::date
+SELECT min(billing.event_partition_day(occurred_ts, received_ts)),
+    max(billing.event_partition_day(occurred_ts, received_ts))
 FROM edge_checked
-WHERE reason IS NULL AND occurred_ts >= received_ts - interval '400 days'
+WHERE reason IS NULL
 """
 
 
@@ -87,7 +94,7 @@ class MoveResult:
     already_moved: int = 0  # replays of rows the warehouse already has
     quarantined: int = 0  # new rows in billing.quarantined_events
     # rows the clean insert left to check_stage.sql: the bad ones, or a whole batch when one of its
-    # values has the right shape but does not parse
+    # values has the right shape but does not parse or one of its event_ids is already in the warehouse
     checked: int = 0
     batches: int = 0
     reasons: Counter = field(default_factory=Counter)
@@ -114,31 +121,34 @@ class MoveResult:
 
 
 def move_batch(engine: Engine, rows: list[tuple]) -> MoveResult:
-    """Stage a batch and commit all of it to the warehouse in one transaction, then give its new
-    months their partitions (the edge is the caller's to mark, the lock the caller's to hold)."""
+    """Stage a batch and commit all of it to the warehouse in one transaction, then give the months
+    of its rows their partitions (the edge is the caller's to mark)."""
     result = MoveResult(read=len(rows), batches=1)
     with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(hashtext(:k))"), {"k": MOVER_LOCK})
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")  # the batch sorts/hashes in memory
         stage_edge_rows(conn, rows)
         result.inserted, days = _insert_clean(conn)
         if result.inserted < len(rows):
             days += _move_checked(conn, result)
-    if days:  # rows of a month without its partition went to DEFAULT: they move now
+    if days:  # rows of a month without its partition went to DEFAULT and move now (a month that
+        # has one costs a catalog look-up)
         with engine.begin() as conn:
             conn.execute(sa.text(_ENSURE_PARTITIONS), {"a": min(days), "b": max(days)})
     return result
 
 
-def _prepare_arrival_months(conn: sa.Connection, rows: list[tuple]) -> None:
-    """Partitions for the months a window's page arrived in (a day either side), before its batch
-    inserts: most events occur around their arrival, so their rows do not pass through DEFAULT.
-    Any other month gets its partition after the batch commits (move_batch)."""
-    try:
-        first, last = (datetime.fromisoformat(rows[i][_RECEIVED_AT]).date() for i in (0, -1))
-        days = {"a": first - timedelta(days=1), "b": last + timedelta(days=1)}
+def _prepare_arrival_months(conn: sa.Connection, rows: list[tuple], start: datetime, end: datetime) -> None:
+    """Partitions for the months a page arrived in (a day either side, within the run's window),
+    before its batch inserts: most events occur around their arrival, so their rows do not pass
+    through DEFAULT. Any other month gets its partition after the batch commits (move_batch)."""
+    try:  # a window's page is in received_at order; a received_at may not parse (it is quarantined)
+        first, last = (datetime.fromisoformat(rows[i][_RECEIVED_AT]) for i in (0, -1))
+        days = {"a": (max(first, start) - _DAY).date(), "b": (min(last, end) + _DAY).date()}
     except (TypeError, ValueError, OverflowError):
-        return  # the page of rows no window can hold, or a window at the ends of the calendar
-    conn.execute(sa.text(_ENSURE_PARTITIONS), days)
+        return
+    if days["a"] <= days["b"]:
+        conn.execute(sa.text(_ENSURE_PARTITIONS), days)
 
 
 def _insert_clean(conn: sa.Connection) -> tuple[int, list]:
@@ -178,15 +188,18 @@ def _move_checked(conn: sa.Connection, result: MoveResult) -> list:
 
 
 @contextmanager
-def holding_mover_lock(engine: Engine) -> Iterator[sa.Connection]:
-    """The mover's advisory lock at session level for the block, on a connection of its own (in
-    autocommit: each statement on it is a transaction)."""
+def holding_run_lock(engine: Engine) -> Iterator[sa.Connection]:
+    """MOVER_RUN_LOCK at session level for the block, on a connection of its own (in autocommit:
+    each statement on it is a transaction)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": MOVER_LOCK})
+        conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": MOVER_RUN_LOCK})
         try:
             yield conn
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": MOVER_LOCK})
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": MOVER_RUN_LOCK})
+            except sa.exc.DBAPIError:
+                conn.invalidate()  # the session, and its lock, end with the connection
 
 
 def move_window(
@@ -204,13 +217,15 @@ def move_window(
     The next page is read from the edge store (on a second connection, in a thread) while `workers`
     batches are in the warehouse; batches are settled (marked on the edge, counted) in page order.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     total = MoveResult()
     reader = edge_store.connect(edge_store.path_of(edge), check_same_thread=False)
     marker = edge_store.connect(edge_store.path_of(edge), check_same_thread=False)
     ahead = _read_ahead(_pages(reader, start, end, batch_size))
     try:
         with (
-            holding_mover_lock(engine) as locked,
+            holding_run_lock(engine) as run,
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warehouse-batch") as warehouse,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-marker") as marking,
         ):
@@ -232,7 +247,7 @@ def move_window(
             for rows in ahead:
                 if len(in_warehouse) == workers:
                     settle()
-                _prepare_arrival_months(locked, rows)
+                _prepare_arrival_months(run, rows, start, end)
                 in_warehouse.append((warehouse.submit(move_batch, engine, rows), rows))
             while in_warehouse:
                 settle()
@@ -245,10 +260,11 @@ def move_window(
     return total
 
 
-def _pages(reader: sqlite3.Connection, start: datetime, end: datetime, batch_size: int) -> Iterator[list[tuple]]:
+def _pages(reader: sqlite3.Connection, start: datetime, end: datetime, batch_size: int) -> Iterator[list]:
     """The window's pages, then the rows no window can hold (every run sweeps them up)."""
-    yield from edge_store.read_window(reader, edge_store.hour_text(start), edge_store.hour_text(end), batch_size)
-    if unwindowed := edge_store.read_unwindowed(reader):
+    window = edge_store.hour_text(start), edge_store.hour_text(end)
+    yield from edge_store.read_window(reader, *window, batch_size)
+    if unwindowed := edge_store.read_unwindowed(reader, *window):
         yield unwindowed
 
 

@@ -18,8 +18,8 @@ from billing_pipeline.ingestion.mover import MOVER_LOCK
 # different months read each other (credits consumed, late usage billed), and two runs of one month
 # must produce one invoice per organisation.
 INVOICING_LOCK = "billing.invoicing"
-# The mover's lock: finalization holds it too, so no event can be committed with an ingested_at
-# before the finalization while the finalization looks.
+# The mover's lock, which every batch of events holds shared: finalization takes it exclusively, so
+# no event can be committed with an ingested_at before the finalization while the finalization looks.
 WAREHOUSE_EVENTS_LOCK = MOVER_LOCK
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext(:key))"
 

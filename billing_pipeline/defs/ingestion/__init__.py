@@ -44,7 +44,8 @@ def warehouse_events(
 
     with edge.connect() as conn:
         result = move_window(
-            warehouse.engine, conn, start, end, batch_size=config.batch_size, workers=config.workers, on_batch=progress
+            warehouse.engine, conn, start, end,
+            batch_size=config.batch_size, workers=config.workers, on_batch=progress,
         )
     return dg.MaterializeResult(
         metadata={"window_start": start.isoformat(), "window_end": end.isoformat(), **result.as_metadata()}

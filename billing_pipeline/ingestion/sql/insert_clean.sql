@@ -7,8 +7,8 @@
 -- refuses it (sql/0006_event_ids.sql). That key is the only look-up: a replay is rare (a run that
 -- stopped between its commit and marking the edge), and probing every row for it cost a tenth of the
 -- mover's time.
--- Returns how many rows it inserted and the first and last UTC day among them that get a monthly
--- partition (a row more than 400 days older than its arrival stays in the DEFAULT one).
+-- Returns how many rows it inserted and the first and last day among them that get a monthly
+-- partition (billing.event_partition_day, sql/0009_event_partitions_beside_inserts.sql).
 WITH inserted AS (
     INSERT INTO billing.events
         (event_id, organisation_id, project_id, metric, quantity, occurred_at, received_at, properties,
@@ -36,7 +36,6 @@ WITH inserted AS (
         AND t.occurred_at <= t.received_at + interval '1 day'
     RETURNING occurred_at, received_at
 )
-SELECT count(*),
-    (min(occurred_at) FILTER (WHERE occurred_at >= received_at - interval '400 days') AT TIME ZONE 'UTC')::date,
-    (max(occurred_at) FILTER (WHERE occurred_at >= received_at - interval '400 days') AT TIME ZONE 'UTC')::date
+SELECT count(*), min(billing.event_partition_day(occurred_at, received_at)),
+    max(billing.event_partition_day(occurred_at, received_at))
 FROM inserted
