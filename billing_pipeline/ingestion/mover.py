@@ -131,14 +131,17 @@ def move_batch(engine: Engine, rows: list[tuple]) -> MoveResult:
         result.inserted, days = _insert_clean(conn)
         if result.inserted < len(rows):
             days += _move_checked(conn, result)
-    if days:  # rows of a month without its partition went to DEFAULT and move now (a month that
-        # has one costs a catalog look-up)
+    if days:
+        # rows of a month without its partition went to DEFAULT and move now (a month that has one
+        # costs a catalog look-up)
         with engine.begin() as conn:
             conn.execute(sa.text(_ENSURE_PARTITIONS), {"a": min(days), "b": max(days)})
     return result
 
 
-def _prepare_arrival_months(conn: sa.Connection, rows: list[tuple], start: datetime, end: datetime) -> None:
+def _prepare_arrival_months(
+    conn: sa.Connection, rows: list[tuple], start: datetime, end: datetime
+) -> None:
     """Partitions for the months a page arrived in (a day either side, within the run's window),
     before its batch inserts: most events occur around their arrival, so their rows do not pass
     through DEFAULT. Any other month gets its partition after the batch commits (move_batch)."""
@@ -230,7 +233,8 @@ def move_window(
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-marker") as marking,
         ):
             in_warehouse: deque[tuple[Future, list[tuple]]] = deque()
-            marked: Future | None = None  # the last marking submitted: one at a time, its error raised here
+            # the last marking submitted: one at a time, its error raised here
+            marked: Future | None = None
 
             def settle() -> None:
                 nonlocal marked
