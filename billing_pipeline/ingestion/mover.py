@@ -1,6 +1,6 @@
 """Move edge rows of a received_at window into the warehouse, exactly once.
 
-Per batch (a keyset page of the edge):
+Per batch (a keyset page of the edge), in move_batch:
   1. the months the page arrived in get their monthly partitions, if they have none yet;
   2. one warehouse transaction: COPY the raw rows into a temp staging table; insert the clean ones
      into `events` in one statement (sql/insert_clean.sql); when rows are left, check them in SQL
@@ -8,7 +8,7 @@ Per batch (a keyset page of the edge):
      (sql/insert_checked.sql);
   3. after that commit: rows of another month without its partition went to DEFAULT, and the month
      gets its partition (its own transaction); then, and only then, the batch's edge rows are marked
-     processed (in a thread).
+     processed (move_window, in a thread).
 A crash between 2 and 3 leaves rows unmarked; the next run stages them again, finds them already in
 the warehouse (same event_id, same fingerprint) and only marks them.
 `workers` batches are in the warehouse at once, each on its own connection: one's COPY and casts run
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -58,9 +58,6 @@ _INSERT = sql_text("insert_checked.sql")
 _STAGE_COLUMNS = ("edge_rowid",) + edge_store.STAGED_COLUMNS[1:]
 _RECEIVED_AT = edge_store.STAGED_COLUMNS.index("received_at")
 _DAY = timedelta(days=1)
-# Monthly partitions for [a, b] (sql/0009_event_partitions_beside_inserts.sql), called in a
-# transaction that inserts nothing.
-_ENSURE_PARTITIONS = "SELECT billing.ensure_event_partitions(:a, :b)"
 
 
 def stage_edge_rows(conn: sa.Connection, rows: list[tuple], *, with_processed_at: bool = False) -> None:
@@ -120,58 +117,63 @@ class MoveResult:
         }
 
 
-def move_batch(engine: Engine, rows: list[tuple]) -> MoveResult:
-    """Stage a batch and commit all of it to the warehouse in one transaction, then give the months
-    of its rows their partitions (the edge is the caller's to mark)."""
+def move_batch(engine: Engine, rows: list[tuple], window: tuple[datetime, datetime]) -> MoveResult:
+    """Stage a batch of the run's `window` and commit all of it to the warehouse in one transaction;
+    the months of its rows get their partitions, before if they are the months the batch arrived in,
+    after otherwise (the edge is the caller's to mark)."""
     result = MoveResult(read=len(rows), batches=1)
+    prepared = _arrival_days(rows, *window)
+    if prepared:  # most events occur around their arrival: their rows do not pass through DEFAULT
+        _ensure_partitions(engine, prepared)
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(hashtext(:k))"), {"k": MOVER_LOCK})
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")  # the batch sorts/hashes in memory
         stage_edge_rows(conn, rows)
-        result.inserted, days = _insert_clean(conn)
+        result.inserted, *days = _insert_clean(conn)
         if result.inserted < len(rows):
             days += _move_checked(conn, result)
-    if days:
-        # rows of a month without its partition went to DEFAULT and move now (a month that has one
-        # costs a catalog look-up)
-        with engine.begin() as conn:
-            conn.execute(sa.text(_ENSURE_PARTITIONS), {"a": min(days), "b": max(days)})
+    days = [day for day in days if day is not None]
+    if days and not (prepared and prepared[0] <= min(days) and max(days) <= prepared[1]):
+        _ensure_partitions(engine, (min(days), max(days)))  # rows in DEFAULT move now
     return result
 
 
-def _prepare_arrival_months(
-    conn: sa.Connection, rows: list[tuple], start: datetime, end: datetime
-) -> None:
-    """Partitions for the months a page arrived in (a day either side, within the run's window),
-    before its batch inserts: most events occur around their arrival, so their rows do not pass
-    through DEFAULT. Any other month gets its partition after the batch commits (move_batch)."""
-    try:  # a window's page is in received_at order; a received_at may not parse (it is quarantined)
+def _arrival_days(rows: list[tuple], start: datetime, end: datetime) -> tuple[date, date] | None:
+    """The days a page arrived in, a day either side, within the window; None when its received_at
+    does not parse (it is quarantined)."""
+    try:  # a window's page is in received_at order
         first, last = (datetime.fromisoformat(rows[i][_RECEIVED_AT]) for i in (0, -1))
-        days = {"a": (max(first, start) - _DAY).date(), "b": (min(last, end) + _DAY).date()}
+        days = (max(first, start) - _DAY).date(), (min(last, end) + _DAY).date()
     except (TypeError, ValueError, OverflowError):
-        return
-    if days["a"] <= days["b"]:
-        conn.execute(sa.text(_ENSURE_PARTITIONS), days)
+        return None
+    return days if days[0] <= days[1] else None
 
 
-def _insert_clean(conn: sa.Connection) -> tuple[int, list]:
+def _ensure_partitions(engine: Engine, days: tuple[date, date]) -> None:
+    """Monthly partitions for the days' months (sql/0009_event_partitions_beside_inserts.sql), in a
+    transaction of its own that inserts nothing."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT billing.ensure_event_partitions(:a, :b)"), {"a": days[0], "b": days[1]})
+
+
+def _insert_clean(conn: sa.Connection) -> tuple[int, date | None, date | None]:
     """The staged batch's clean rows into events: how many, and the first and last day among them
-    that get a monthly partition. (0, []) when a value of the right shape does not parse or an
-    event_id is already in the warehouse: the statement fails, its savepoint is rolled back, the
+    that get a monthly partition. (0, None, None) when a value of the right shape does not parse or
+    an event_id is already in the warehouse: the statement fails, its savepoint is rolled back, the
     checked path takes the batch."""
     cursor = conn.connection.cursor()
     try:
         with conn.begin_nested():
             # hash joins for the catalog (a fresh temp table has no statistics)
             cursor.execute("SET LOCAL enable_nestloop = off")
-            inserted, first_day, last_day = cursor.execute(_INSERT_CLEAN).fetchone()
+            counts = cursor.execute(_INSERT_CLEAN).fetchone()
             cursor.execute("SET LOCAL enable_nestloop TO DEFAULT")
     except (psycopg.errors.DataError, psycopg.errors.UniqueViolation):
-        return 0, []
-    return inserted, [first_day, last_day] if first_day is not None else []
+        return 0, None, None
+    return counts
 
 
-def _move_checked(conn: sa.Connection, result: MoveResult) -> list:
+def _move_checked(conn: sa.Connection, result: MoveResult) -> list[date | None]:
     """The staged rows insert_clean.sql left: each checked, then inserted or quarantined with its
     reason; a row already in the warehouse as itself is only counted. Returns the first and last day
     of the inserted rows that get a monthly partition."""
@@ -186,18 +188,16 @@ def _move_checked(conn: sa.Connection, result: MoveResult) -> list:
         "SELECT reason, count(*) FROM edge_checked WHERE reason IS NOT NULL GROUP BY 1"
     ):
         result.reasons[reason] += count
-    first_day, last_day = cursor.execute(_CHECKED_DAYS).fetchone()
-    return [first_day, last_day] if first_day is not None else []
+    return list(cursor.execute(_CHECKED_DAYS).fetchone())
 
 
 @contextmanager
-def holding_run_lock(engine: Engine) -> Iterator[sa.Connection]:
-    """MOVER_RUN_LOCK at session level for the block, on a connection of its own (in autocommit:
-    each statement on it is a transaction)."""
+def holding_run_lock(engine: Engine) -> Iterator[None]:
+    """MOVER_RUN_LOCK at session level for the block, on a connection of its own."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": MOVER_RUN_LOCK})
         try:
-            yield conn
+            yield
         finally:
             try:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": MOVER_RUN_LOCK})
@@ -228,7 +228,7 @@ def move_window(
     ahead = _read_ahead(_pages(reader, start, end, batch_size))
     try:
         with (
-            holding_run_lock(engine) as run,
+            holding_run_lock(engine),
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warehouse-batch") as warehouse,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-marker") as marking,
         ):
@@ -251,8 +251,7 @@ def move_window(
             for rows in ahead:
                 if len(in_warehouse) == workers:
                     settle()
-                _prepare_arrival_months(run, rows, start, end)
-                in_warehouse.append((warehouse.submit(move_batch, engine, rows), rows))
+                in_warehouse.append((warehouse.submit(move_batch, engine, rows, (start, end)), rows))
             while in_warehouse:
                 settle()
             if marked:

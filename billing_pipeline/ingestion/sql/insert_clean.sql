@@ -5,8 +5,8 @@
 -- for the whole batch, when a value of the right shape still does not parse (February 30, too many
 -- integer digits, broken JSON) and when an event_id is already in the warehouse: the registry's key
 -- refuses it (sql/0006_event_ids.sql). That key is the only look-up: a replay is rare (a run that
--- stopped between its commit and marking the edge), and probing every row for it cost a tenth of the
--- mover's time.
+-- stopped between its commit and marking the edge), and probing every row for it cost 6-9% of the
+-- mover's time (measured).
 -- Returns how many rows it inserted and the first and last day among them that get a monthly
 -- partition (billing.event_partition_day, sql/0009_event_partitions_beside_inserts.sql).
 WITH inserted AS (
