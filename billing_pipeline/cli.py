@@ -134,10 +134,10 @@ def db_stop() -> None:
         raise typer.Exit(2)
     users = stop_embedded_server(settings)
     if users is None:
-        console.print(f"the embedded server in {settings.pg_data_dir} is not running")
+        console.print(f"the embedded server in {settings.pg_data_dir} is not running", soft_wrap=True)
     else:
         who = f" (it was in use by pid {', '.join(map(str, users))})" if users else ""
-        console.print(f"stopped the embedded server in {settings.pg_data_dir}{who}")
+        console.print(f"stopped the embedded server in {settings.pg_data_dir}{who}", soft_wrap=True)
 
 
 @catalog_app.command("apply")
