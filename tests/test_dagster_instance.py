@@ -193,6 +193,34 @@ def test_killed_run_worker_ends_failed_within_the_bound(ui):
         time.sleep(0.2)
 
 
+def test_monitoring_daemon_fails_a_run_whose_code_server_and_worker_are_gone(ui):
+    """The code server fails its own dead children; with it gone too, only run monitoring can."""
+    import dagster as dg
+    import psutil
+
+    from billing_pipeline.dagster_instance import worker_pid
+
+    run_id = ui.launch("sleepy_job")
+    ui.wait_status(run_id, {"STARTED"}, timeout=180)
+    deadline = time.time() + 120
+    with dg.DagsterInstance.from_config(str(ui.home / "dagster")) as instance:
+        while (pid := worker_pid(instance, run_id)) is None:
+            assert time.time() < deadline, "the run worker did not start"
+            time.sleep(0.5)
+    code_server = psutil.Process(pid).parent()
+    assert "grpc" in " ".join(code_server.cmdline()), code_server.cmdline()
+    code_server.send_signal(signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    status, took = ui.wait_status(run_id, {"SUCCESS", "FAILURE", "CANCELED"}, timeout=FAILURE_BOUND_SECONDS)
+    assert status == "FAILURE" and took < FAILURE_BOUND_SECONDS
+    engine = ui.dagster_db()
+    with engine.connect() as conn:
+        detected = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND event LIKE :m"),
+                                {"r": run_id, "m": f"%run worker process (pid {pid}) is gone%"}).scalar()
+    engine.dispose()
+    assert detected >= 1, "the run was not failed by the monitoring daemon's health check"
+
+
 def test_the_server_stops_when_dagster_dev_ends(ui):
     """Last: `billing-pipeline ui` exec'd `dagster dev`; when it ends, nothing is left using the server."""
     pidfile = ui.home / "pg" / "postmaster.pid"
