@@ -98,9 +98,9 @@ def db_status() -> None:
 
 @db_app.command("url")
 def db_url(
-    show_password: Annotated[bool, typer.Option("--show-password", help="Print the password in clear.")] = False,
+    show_password: Annotated[bool, typer.Option("--show-password", help="Print the password.")] = False,
 ) -> None:
-    """The connection string of the warehouse in use (embedded or BILLING_DATABASE_URL), for psql or pg_dump."""
+    """The warehouse's connection string (embedded or BILLING_DATABASE_URL), for psql or pg_dump."""
     from billing_pipeline.db_tools import embedded_running, libpq_url
 
     settings = _settings()
@@ -109,7 +109,8 @@ def db_url(
     if settings.uses_embedded_database and not was_running:
         err.print(
             "[yellow]note: the embedded server runs only while a billing-pipeline process uses it"
-            " (`billing-pipeline db shell`, `make ui`, `serve`); it stops again when this command exits.[/yellow]"
+            " (`billing-pipeline db shell`, `make ui`, `serve`); it stops again when this command"
+            " exits.[/yellow]"
         )
 
 

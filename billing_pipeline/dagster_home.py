@@ -70,7 +70,8 @@ def ensure_dagster_home(settings: Settings) -> Path:
     if settings.uses_embedded_database:
         url = embedded_dagster_url(settings)
         _create_database(url)
-        text = HEADER.format(what="the embedded server's `dagster` database") + EMBEDDED_STORAGE.format(url=url)
+        text = HEADER.format(what="the embedded server's `dagster` database")
+        text += EMBEDDED_STORAGE.format(url=url)
     else:
         global _derived_url
         given = os.environ.get("DAGSTER_PG_URL")
@@ -110,14 +111,14 @@ def warehouse_server_dagster_url(settings: Settings) -> str:
 def _create_database(url: str) -> None:
     admin_url = make_url(url).set(drivername="postgresql+psycopg", database="postgres")
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :n").bindparams(n=DATABASE)
     try:
         with admin.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": DATABASE}).first()
-            if exists is None:
+            if conn.execute(exists).first() is None:
                 try:
                     conn.exec_driver_sql(f'CREATE DATABASE "{DATABASE}"')
                 except (sa.exc.ProgrammingError, sa.exc.IntegrityError):  # a concurrent process made it
-                    if conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": DATABASE}).first() is None:
+                    if conn.execute(exists).first() is None:
                         raise
     finally:
         admin.dispose()

@@ -42,7 +42,8 @@ def run_psql(settings: Settings, args: list[str]) -> int:
 def embedded_running(settings: Settings) -> bool:
     from billing_pipeline.pg_reaper import postmaster_pid
 
-    return Path(settings.pg_data_dir, "PG_VERSION").exists() and postmaster_pid(settings.pg_data_dir) is not None
+    pgdata = settings.pg_data_dir
+    return Path(pgdata, "PG_VERSION").exists() and postmaster_pid(pgdata) is not None
 
 
 def stop_embedded_server(settings: Settings) -> list[int] | None:

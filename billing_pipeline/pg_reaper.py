@@ -90,7 +90,8 @@ def _pg_ctl_stop(pgdata: Path) -> None:
         return
     version = int((pgdata / "PG_VERSION").read_text().strip())
     user = "pgserver" if os.name == "posix" and os.geteuid() == 0 else None
-    pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(pgdata), "stop"), bin_path=POSTGRES_VERSIONS[version], user=user)
+    pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(pgdata), "stop"),
+           bin_path=POSTGRES_VERSIONS[version], user=user)
 
 
 def _try_lock(pgdata: Path):

@@ -43,8 +43,8 @@ class UI:
         self.proc, self.port, self.home = proc, port, home
 
     def gql(self, query, **variables):
-        body = httpx.post(f"http://127.0.0.1:{self.port}/graphql", json={"query": query, "variables": variables},
-                          timeout=60).json()
+        body = httpx.post(f"http://127.0.0.1:{self.port}/graphql",
+                          json={"query": query, "variables": variables}, timeout=60).json()
         assert "errors" not in body, body
         return body["data"]
 
@@ -131,7 +131,8 @@ def test_runs_and_events_are_rows_in_postgres(ui):
     assert listed[run_id]["jobName"] == "hello_job"
     engine = ui.dagster_db()
     with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT status, pipeline_name FROM runs WHERE run_id = :r"), {"r": run_id}).one()
+        row = conn.execute(sa.text("SELECT status, pipeline_name FROM runs WHERE run_id = :r"),
+                           {"r": run_id}).one()
         events = set(conn.execute(
             sa.text("SELECT dagster_event_type FROM event_logs WHERE run_id = :r"), {"r": run_id}).scalars())
         logged = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND event LIKE :m"),
@@ -165,7 +166,8 @@ def test_health_check_reports_a_dead_worker(ui):
             run = instance.add_run(dg.DagsterRun(job_name=f"probe_{name}", run_id=str(uuid.uuid4()),
                                                  status=dg.DagsterRunStatus.STARTED))
             assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.UNKNOWN
-            instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
+            instance.report_engine_event(f"Started process for run (pid: {pid}).", run,
+                                         EngineEventData.in_process(pid))
             results[name] = instance.run_launcher.check_run_worker_health(run).status
     assert results == {"alive": WorkerStatus.RUNNING, "dead": WorkerStatus.FAILED}
 
@@ -215,8 +217,10 @@ def test_monitoring_daemon_fails_a_run_whose_code_server_and_worker_are_gone(ui)
     assert status == "FAILURE" and took < FAILURE_BOUND_SECONDS
     engine = ui.dagster_db()
     with engine.connect() as conn:
-        detected = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND event LIKE :m"),
-                                {"r": run_id, "m": f"%run worker process (pid {pid}) is gone%"}).scalar()
+        detected = conn.execute(
+            sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND event LIKE :m"),
+            {"r": run_id, "m": f"%run worker process (pid {pid}) is gone%"},
+        ).scalar()
     engine.dispose()
     assert detected >= 1, "the run was not failed by the monitoring daemon's health check"
 

@@ -30,8 +30,8 @@ def test_url_from_the_environment():
     assert (url.host, url.port, url.username, url.password, url.database) == (
         "db.internal", 5432, "dagster", PASSWORD, "dagster")
     assert url.query["sslmode"] == "require"  # the production default
-    assert sa.make_url(dagster_pg_url(parts | {"DAGSTER_PG_SSLMODE": "disable", "DAGSTER_PG_PORT": "6432"})).query[
-        "sslmode"] == "disable"
+    plain = sa.make_url(dagster_pg_url(parts | {"DAGSTER_PG_SSLMODE": "disable", "DAGSTER_PG_PORT": "6432"}))
+    assert (plain.port, plain.query["sslmode"]) == (6432, "disable")
     # One URL: a bare postgresql:// (psycopg 3 under SQLAlchemy 2.1) is turned into psycopg2.
     one = sa.make_url(dagster_pg_url({"DAGSTER_PG_URL": "postgresql://u:pw@h:5433/d?sslmode=verify-full"}))
     assert (one.drivername, one.port, one.query["sslmode"]) == ("postgresql+psycopg2", 5433, "verify-full")
@@ -66,17 +66,21 @@ def plain_server():
 
     run("initdb", "-D", str(root / "data"), "-U", "admin", f"--pwfile={pwfile}", "--auth=scram-sha-256",
         "--encoding=utf8")
-    run("pg_ctl", "-D", str(root / "data"), "-o", f"-h 127.0.0.1 -p {port} -k {root}", "-l", str(root / "log"),
-        "-w", "start")
+    run("pg_ctl", "-D", str(root / "data"), "-o", f"-h 127.0.0.1 -p {port} -k {root}",
+        "-l", str(root / "log"), "-w", "start")
     try:
-        admin = sa.create_engine(sa.URL.create("postgresql+psycopg", "admin", PASSWORD, "127.0.0.1", port, "postgres"),
-                                 isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        admin = sa.create_engine(tcp_url(port, "postgres"), isolation_level="AUTOCOMMIT",
+                                 poolclass=sa.NullPool)
         with admin.connect() as conn:
             conn.exec_driver_sql("CREATE DATABASE dagster")
         yield port
     finally:
         run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def tcp_url(port: int, database: str) -> sa.URL:
+    return sa.URL.create("postgresql+psycopg", "admin", PASSWORD, "127.0.0.1", port, database)
 
 
 def execute_hello(home: Path, env: dict) -> subprocess.CompletedProcess:
@@ -87,7 +91,7 @@ def execute_hello(home: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_template_runs_a_job_on_a_server_without_tls(plain_server, tmp_path):
+def test_template_runs_a_job_on_a_server_without_tls(plain_server, tmp_path, monkeypatch):
     import dagster as dg
 
     from billing_pipeline.dagster_instance import MonitoredRunLauncher
@@ -104,25 +108,24 @@ def test_template_runs_a_job_on_a_server_without_tls(plain_server, tmp_path):
 
     done = execute_hello(tmp_path, env | {"DAGSTER_PG_SSLMODE": "disable"})
     assert done.returncode == 0, done.stdout + done.stderr
-    engine = sa.create_engine(sa.URL.create("postgresql+psycopg", "admin", PASSWORD, "127.0.0.1", plain_server,
-                                            "dagster"), poolclass=sa.NullPool)
+    engine = sa.create_engine(tcp_url(plain_server, "dagster"), poolclass=sa.NullPool)
     with engine.connect() as conn:
         runs = conn.execute(sa.text("SELECT pipeline_name, status FROM runs")).all()
-        events = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'PIPELINE_SUCCESS'"
-                                      )).scalar()
+        events = conn.execute(
+            sa.text("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'PIPELINE_SUCCESS'")).scalar()
     engine.dispose()
     assert [tuple(r) for r in runs] == [("hello_job", "SUCCESS")]
     assert events == 1
     # The template turns run monitoring on with the worker health check.
-    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")} | {"DAGSTER_PG_SSLMODE": "disable"})
-    try:
-        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-            assert isinstance(instance.run_launcher, MonitoredRunLauncher)
-            assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
-            assert instance.run_monitoring_settings["poll_interval_seconds"] <= 5
-    finally:
-        for key in [k for k in os.environ if k.startswith("DAGSTER_PG_")]:
-            del os.environ[key]
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    for key, value in env.items():
+        if key.startswith("DAGSTER_PG_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DAGSTER_PG_SSLMODE", "disable")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.run_launcher, MonitoredRunLauncher)
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
+        assert instance.run_monitoring_settings["poll_interval_seconds"] <= 5
 
 
 @pytest.mark.slow

@@ -68,6 +68,11 @@ def holder(home: Path, name: str) -> subprocess.Popen:
     return proc
 
 
+def cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", env_for(home))
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, **kwargs)
+
+
 def wait_until(condition, seconds: float, message: str) -> float:
     started = time.monotonic()
     while not condition():
@@ -98,24 +103,22 @@ def test_db_url_hides_the_password_unless_asked(monkeypatch):
 def test_db_url_shell_and_stop_on_the_embedded_server(home):
     first = holder(home, "first")
     try:
-        url = subprocess.run([CLI, "db", "url"], env=env_for(home), capture_output=True, text=True, check=True)
+        url = cli(home, "db", "url", check=True)
         assert sa.make_url(url.stdout.strip()).query["host"] == str(home / "pg")
-        shell = subprocess.run([CLI, "db", "shell"], input="SELECT 40 + 2 AS answer;\n", env=env_for(home),
-                               capture_output=True, text=True, timeout=60)
+        shell = cli(home, "db", "shell", input="SELECT 40 + 2 AS answer;\n")
         assert shell.returncode == 0, shell.stderr
         assert "answer" in shell.stdout and "42" in shell.stdout
         # No psql on PATH: the embedded server's own psql is used.
         no_psql = env_for(home) | {"PATH": str(Path(sys.executable).parent)}
-        own = subprocess.run([CLI, "db", "shell", "-c", "SELECT current_setting('data_directory')"], env=no_psql,
-                             capture_output=True, text=True, timeout=60)
+        own = cli(home, "db", "shell", "-c", "SELECT current_setting('data_directory')", env=no_psql)
         assert own.returncode == 0, own.stderr
         assert str(home / "pg") in own.stdout
         assert running(home) and users(home) == [first.pid]
-        stop = subprocess.run([CLI, "db", "stop"], env=env_for(home), capture_output=True, text=True, timeout=60)
+        stop = cli(home, "db", "stop")
         assert stop.returncode == 0, stop.stderr
         assert f"in use by pid {first.pid}" in stop.stdout
         assert not running(home)
-        again = subprocess.run([CLI, "db", "stop"], env=env_for(home), capture_output=True, text=True, timeout=60)
+        again = cli(home, "db", "stop")
         assert "not running" in again.stdout
     finally:
         (home / "first.go").touch()
