@@ -232,6 +232,7 @@ def ui(
     """`dagster dev -w workspace.yaml` on BILLING_HOME's Dagster instance (the demo's runs are there)."""
     import os
     import shutil
+    import signal
 
     from billing_pipeline.dagster_home import ensure_dagster_home
 
@@ -240,6 +241,10 @@ def ui(
     workspace = (workspace or Path(__file__).resolve().parent.parent / "workspace.yaml").resolve()
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     console.print(f"Dagster home: {settings.dagster_home}; UI on http://127.0.0.1:{port}")
+    # dagster dev stops on SIGTERM by mapping it to SIGINT's handler, which a process started in the
+    # background inherits as "ignored": give it both back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.execv(dagster, [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)])
 
 

@@ -111,10 +111,12 @@ def ensure_watchdog(pgdata: Path) -> None:
     if handle is None:
         return
     handle.close()  # released: the watchdog takes it (if two start, the second exits at once)
-    subprocess.Popen(
-        [sys.executable, "-m", "billing_pipeline.pg_reaper", str(pgdata)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd="/",
+    # Through a shell that exits at once: the watchdog is nobody's child (no zombie left in a
+    # long-lived user such as `serve` or `dagster dev`) and in a session of its own (no terminal signal).
+    subprocess.run(
+        ["/bin/sh", "-c", '"$0" -m billing_pipeline.pg_reaper "$1" </dev/null >/dev/null 2>&1 &',
+         sys.executable, str(pgdata)],
+        start_new_session=True, close_fds=True, cwd="/", check=True,
     )
 
 
