@@ -76,8 +76,10 @@ def ensure_dagster_home(settings: Settings) -> Path:
         global _derived_url
         given = os.environ.get("DAGSTER_PG_URL")
         if (given is None or given == _derived_url) and not os.environ.get("DAGSTER_PG_HOST"):
+            from billing_pipeline.warehouse import database_url
+
             _derived_url = warehouse_server_dagster_url(settings)
-            _create_database(_derived_url)
+            _create_database(_derived_url, admin_database=database_url(settings).database)
             os.environ["DAGSTER_PG_URL"] = _derived_url
         text = HEADER.format(what="storage from DAGSTER_PG_URL / DAGSTER_PG_*") + ENVIRONMENT_STORAGE
     text += COMMON_YAML
@@ -108,8 +110,10 @@ def warehouse_server_dagster_url(settings: Settings) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _create_database(url: str) -> None:
-    admin_url = make_url(url).set(drivername="postgresql+psycopg", database="postgres")
+def _create_database(url: str, admin_database: str | None = "postgres") -> None:
+    """CREATE DATABASE dagster unless it exists, connected to `admin_database` (the warehouse's own
+    database when BILLING_DATABASE_URL is set: a role may be allowed no other)."""
+    admin_url = make_url(url).set(drivername="postgresql+psycopg", database=admin_database or "postgres")
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :n").bindparams(n=DATABASE)
     try:

@@ -139,3 +139,43 @@ def test_dagster_from_the_checkout_does_not_load_the_production_template():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "DAGSTER_PG" not in result.stdout + result.stderr
+
+
+def test_billing_home_instance_with_an_external_warehouse(settings, monkeypatch):
+    """BILLING_DATABASE_URL set, no DAGSTER_PG_*: BILLING_HOME's instance keeps Dagster's storage in a
+    `dagster` database of the warehouse's server, connection from the environment (not in the file)."""
+    import dagster as dg
+    import yaml
+
+    from billing_pipeline.dagster_home import ensure_dagster_home
+    from billing_pipeline.dagster_instance import PostgresStorageFromEnvironment
+    from billing_pipeline.warehouse import database_url
+
+    for key in ("DAGSTER_HOME", "DAGSTER_PG_URL", "DAGSTER_PG_HOST", "DAGSTER_PG_SSLMODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", "placeholder")  # restored after the test
+    home = ensure_dagster_home(settings)
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert config["storage"] == {"custom": {"module": "billing_pipeline.dagster_instance",
+                                            "class": "PostgresStorageFromEnvironment"}}
+    assert config["run_monitoring"]["enabled"] is True
+    derived = sa.make_url(os.environ["DAGSTER_PG_URL"])
+    assert derived.database == "dagster" and derived.drivername == "postgresql+psycopg2"
+
+    @dg.op
+    def one():
+        return 1
+
+    @dg.job
+    def external_probe():
+        one()
+
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_ref().storage_data.class_name == PostgresStorageFromEnvironment.__name__
+        result = external_probe.execute_in_process(instance=instance)
+    assert result.success
+    engine = sa.create_engine(database_url(settings).set(database="dagster"), poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        status = conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), {"r": result.run_id}).scalar()
+    engine.dispose()
+    assert status == "SUCCESS"
