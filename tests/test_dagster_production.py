@@ -176,6 +176,7 @@ def test_billing_home_instance_with_an_external_warehouse(settings, monkeypatch)
     assert result.success
     engine = sa.create_engine(database_url(settings).set(database="dagster"), poolclass=sa.NullPool)
     with engine.connect() as conn:
-        status = conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), {"r": result.run_id}).scalar()
+        status = conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"),
+                              {"r": result.run_id}).scalar()
     engine.dispose()
     assert status == "SUCCESS"
