@@ -38,4 +38,25 @@ def sleepy_job():
     sleep_attached()
 
 
-defs = dg.Definitions(jobs=[hello_job, sleepy_job])
+@dg.op
+def attach_in_step(context) -> None:
+    """Runs in a step subprocess of the multiprocess executor (a child of the run worker)."""
+    import os
+
+    import sqlalchemy as sa
+
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    with get_engine(load_settings()).connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    context.log.info(f"step process {os.getpid()} attached")
+
+
+@dg.job
+def attached_steps_job():
+    attach_in_step.alias("first_step")()
+    attach_in_step.alias("second_step")()
+
+
+defs = dg.Definitions(jobs=[hello_job, sleepy_job, attached_steps_job])

@@ -149,6 +149,25 @@ def test_runs_and_events_are_rows_in_postgres(ui):
     assert not list((ui.home / "dagster").rglob("*.db"))
 
 
+def test_a_runs_step_processes_leave_the_servers_users(ui):
+    import re
+
+    run_id = ui.launch("attached_steps_job")
+    status, _ = ui.wait_status(run_id, {"SUCCESS", "FAILURE", "CANCELED"}, timeout=180)
+    assert status == "SUCCESS"
+    engine = ui.dagster_db()
+    with engine.connect() as conn:
+        logged = conn.execute(sa.text("SELECT event FROM event_logs WHERE run_id = :r AND event LIKE :m"),
+                              {"r": run_id, "m": "%attached%"}).scalars().all()
+    engine.dispose()
+    pids = {int(m) for text in logged for m in re.findall(r"step process (\d+) attached", text)}
+    assert len(pids) == 2
+    deadline = time.time() + 10
+    while pids & set(ui.users()):
+        assert time.time() < deadline, f"step processes stayed in the server's users: {ui.users()}"
+        time.sleep(0.2)
+
+
 def test_health_check_reports_a_dead_worker(ui):
     import dagster as dg
     from dagster._core.events import EngineEventData
