@@ -151,20 +151,25 @@ def demo_run(
     """Everything `make demo` does: warehouse, migrations, catalog, usage, every asset for the month."""
     import time
 
-    from billing_pipeline.demo.run import run_demo
+    from billing_pipeline.demo.run import Failed, run_demo
 
     settings = _settings()
     started = time.monotonic()
     with console.status("starting") as status:
 
         def step(text: str) -> None:
-            console.print(f"[green]✓[/green] {text}" if not text.startswith("run:") else f"[cyan]→[/cyan] {text}")
+            if isinstance(text, Failed):
+                console.print(f"[bold red]✗ {text}[/bold red]")
+            elif text.startswith("run:"):
+                console.print(f"[cyan]→[/cyan] {text}")
+            else:
+                console.print(f"[green]✓[/green] {text}")
             status.update(text)
 
         result = run_demo(settings, _month(month), events, step)
     runs = Table("run", "partitions", "assets", "result", title=f"Dagster runs for {result['month']:%Y-%m}")
     for run in result["runs"]:
-        runs.add_row(run.label, run.partitions, ", ".join(run.assets), "ok" if run.success else "[red]FAILED[/red]")
+        runs.add_row(run.label, run.partitions, ", ".join(run.assets), "[green]✓ ok[/green]" if run.success else "[bold red]✗ FAILED[/bold red]")
     console.print(runs)
     counts = Table("table", "rows", title="Warehouse")
     for name, count in result["counts"].items():
@@ -175,7 +180,9 @@ def demo_run(
         f" Dagster in dagster/). Took {time.monotonic() - started:.0f} s.\n"
         "Open the UI with [bold]make ui[/bold] (http://127.0.0.1:3000): the runs above are in its history."
     )
-    if not all(run.success for run in result["runs"]):
+    failed = [run.label for run in result["runs"] if not run.success]
+    if failed:
+        err.print(f"[bold red]✗ {len(failed)} run(s) FAILED: {', '.join(failed)}; the runs after it were not started[/bold red]")
         raise typer.Exit(1)
 
 
