@@ -16,6 +16,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from billing_pipeline.cli_options import ActorOption  # noqa: E402
 from billing_pipeline.settings import Settings, SettingsError, load_settings  # noqa: E402
 from billing_pipeline.utc import parse_month  # noqa: E402
 
@@ -97,7 +98,7 @@ def db_status() -> None:
 
 
 @catalog_app.command("apply")
-def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML file.")]) -> None:
+def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML file.")], actor: ActorOption = None) -> None:
     """Validate the file and upsert it; the same file twice changes nothing."""
     from billing_pipeline import catalog
     from billing_pipeline.audit import cli_actor
@@ -107,7 +108,7 @@ def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML fi
     except catalog.CatalogError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    summary = catalog.apply_catalog(_engine(_settings()), parsed, source=str(file), applied_by=cli_actor())
+    summary = catalog.apply_catalog(_engine(_settings()), parsed, source=str(file), applied_by=cli_actor(actor))
     console.print(", ".join(f"{k}: {v}" for k, v in summary.items()))
 
 
