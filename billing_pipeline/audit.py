@@ -30,7 +30,10 @@ def run_actor(run_id: str) -> str:
     return f"run:{run_id}"
 
 
-def cli_actor() -> str:
+def cli_actor(name: str | None = None) -> str:
+    """`cli:<name>` for a command run by a person: the name given (`--actor`), else the OS user."""
+    if name:
+        return f"cli:{name.strip()}"
     try:
         user = getpass.getuser()
     except Exception:  # no user name in some containers

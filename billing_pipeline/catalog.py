@@ -534,10 +534,10 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
 
         audit.record(conn, _organisation_audit(conn, changed_orgs, before, applied_by, source))
         if any(summary.values()):
-            conn.execute(
+            application_id = conn.execute(
                 sa.text(
                     "INSERT INTO billing.catalog_applications (source_file, content_hash, applied_by, summary)"
-                    " VALUES (:source, :hash, :by, CAST(:summary AS jsonb))"
+                    " VALUES (:source, :hash, :by, CAST(:summary AS jsonb)) RETURNING application_id"
                 ),
                 {
                     "source": source,
@@ -545,5 +545,9 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                     "by": applied_by,
                     "summary": json.dumps(summary),
                 },
-            )
+            ).scalar_one()
+            audit.record(conn, [audit.AuditEntry(
+                "catalog_application", str(application_id), "applied", actor=applied_by,
+                detail={"source": source, **summary},
+            )])
     return summary

@@ -16,6 +16,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from billing_pipeline.cli_options import ActorOption  # noqa: E402
 from billing_pipeline.settings import Settings, SettingsError, load_settings  # noqa: E402
 from billing_pipeline.utc import parse_month  # noqa: E402
 
@@ -142,7 +143,7 @@ def db_stop() -> None:
 
 
 @catalog_app.command("apply")
-def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML file.")]) -> None:
+def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML file.")], actor: ActorOption = None) -> None:
     """Validate the file and upsert it; the same file twice changes nothing."""
     from billing_pipeline import catalog
     from billing_pipeline.audit import cli_actor
@@ -152,7 +153,7 @@ def catalog_apply(file: Annotated[Path, typer.Argument(help="The catalog YAML fi
     except catalog.CatalogError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    summary = catalog.apply_catalog(_engine(_settings()), parsed, source=str(file), applied_by=cli_actor())
+    summary = catalog.apply_catalog(_engine(_settings()), parsed, source=str(file), applied_by=cli_actor(actor))
     console.print(", ".join(f"{k}: {v}" for k, v in summary.items()))
 
 
@@ -196,20 +197,25 @@ def demo_run(
     """Everything `make demo` does: warehouse, migrations, catalog, usage, every asset for the month."""
     import time
 
-    from billing_pipeline.demo.run import run_demo
+    from billing_pipeline.demo.run import Failed, run_demo
 
     settings = _settings()
     started = time.monotonic()
     with console.status("starting") as status:
 
         def step(text: str) -> None:
-            console.print(f"[green]✓[/green] {text}" if not text.startswith("run:") else f"[cyan]→[/cyan] {text}")
+            if isinstance(text, Failed):
+                console.print(f"[bold red]✗ {text}[/bold red]")
+            elif text.startswith("run:"):
+                console.print(f"[cyan]→[/cyan] {text}")
+            else:
+                console.print(f"[green]✓[/green] {text}")
             status.update(text)
 
         result = run_demo(settings, _month(month), events, step)
     runs = Table("run", "partitions", "assets", "result", title=f"Dagster runs for {result['month']:%Y-%m}")
     for run in result["runs"]:
-        runs.add_row(run.label, run.partitions, ", ".join(run.assets), "ok" if run.success else "[red]FAILED[/red]")
+        runs.add_row(run.label, run.partitions, ", ".join(run.assets), "[green]✓ ok[/green]" if run.success else "[bold red]✗ FAILED[/bold red]")
     console.print(runs)
     counts = Table("table", "rows", title="Warehouse")
     for name, count in result["counts"].items():
@@ -220,7 +226,9 @@ def demo_run(
         f" Dagster in dagster/). Took {time.monotonic() - started:.0f} s.\n"
         "Open the UI with [bold]make ui[/bold] (http://127.0.0.1:3000): the runs above are in its history."
     )
-    if not all(run.success for run in result["runs"]):
+    failed = [run.label for run in result["runs"] if not run.success]
+    if failed:
+        err.print(f"[bold red]✗ {len(failed)} run(s) FAILED: {', '.join(failed)}; the runs after it were not started[/bold red]")
         raise typer.Exit(1)
 
 

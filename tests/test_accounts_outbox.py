@@ -90,7 +90,7 @@ def test_failures_back_off_then_die_and_can_be_requeued(engine, json_receiver):
     assert box.deliver_due(engine, sender, clock, max_attempts=3).failed == 0  # dead: never tried again
 
     json_receiver.fail_keys.clear()
-    assert box.requeue_dead(engine, now=clock.now()) == 1
+    assert box.requeue_dead(engine, now=clock.now(), actor="cli:test") == 1
     assert box.deliver_due(engine, sender, clock).sent == 1
     sent = {h["idempotency-key"] for h, _ in json_receiver.posts}
     assert (

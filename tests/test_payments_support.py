@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from billing_pipeline.api import webhooks_razorpay, webhooks_stripe
 from billing_pipeline.fakes import razorpay_fake, stripe_fake
-from billing_pipeline.fakes.server import serve_in_thread
+from billing_pipeline.fakes.server import Faults, serve_in_thread
 
 SK = "sk_test_payments_0123456789"
 STRIPE_SECRET = "whsec_test_current_0123456789abcdef"
@@ -27,13 +27,19 @@ def ts(*args: int) -> int:
 
 
 @pytest.fixture
-def providers(db_url, monkeypatch):
+def faults() -> dict[str, Faults]:
+    """The fault switches of the fake servers that `providers` serves (off until a test sets them)."""
+    return {"stripe": Faults(), "razorpay": Faults()}
+
+
+@pytest.fixture
+def providers(db_url, monkeypatch, faults):
     """FAKE Stripe and Razorpay servers, with the settings pointing at them."""
     stripe_state = stripe_fake.FakeStripeState(api_key=SK)
     razorpay_state = razorpay_fake.FakeRazorpayState(RZP_ID, RZP_SECRET)
     with (
-        serve_in_thread(stripe_fake.create_app(stripe_state)) as stripe_url,
-        serve_in_thread(razorpay_fake.create_app(razorpay_state)) as razorpay_url,
+        serve_in_thread(stripe_fake.create_app(stripe_state), faults=faults["stripe"]) as stripe_url,
+        serve_in_thread(razorpay_fake.create_app(razorpay_state), faults=faults["razorpay"]) as razorpay_url,
     ):
         for name, value in {
             "STRIPE_API_KEY": SK,

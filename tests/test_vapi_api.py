@@ -38,7 +38,6 @@ def vapi():
 
 def client(base_url: str, **kw) -> VapiClient:
     kw.setdefault("backoff_initial", 0.01)
-    kw.setdefault("backoff_max", 0.05)
     return VapiClient(KEY, base_url=base_url, **kw)
 
 

@@ -10,6 +10,9 @@ from datetime import datetime, timezone
 
 import typer
 
+from billing_pipeline.audit import cli_actor
+from billing_pipeline.cli_options import ActorOption
+
 from billing_pipeline.settings import SettingsError
 
 accounts_app = typer.Typer(no_args_is_help=True)
@@ -64,6 +67,7 @@ def accounts() -> None:
 @accounts_app.command("retry-notifications")
 def retry_notifications(
     notification_id: list[int] = typer.Option(None, "--id", help="Only these notifications (repeatable)."),
+    actor: ActorOption = None,
 ) -> None:
     """Make dead notifications due again (after fixing the sender); the next accounts run sends them."""
     from billing_pipeline.accounts.outbox import requeue_dead
@@ -71,6 +75,7 @@ def retry_notifications(
 
     settings, _ = _load()
     count = requeue_dead(
-        get_engine(settings), now=datetime.now(timezone.utc), notification_ids=notification_id or None
+        get_engine(settings), now=datetime.now(timezone.utc), notification_ids=notification_id or None,
+        actor=cli_actor(actor),
     )
     typer.echo(f"{count} dead notification(s) requeued")

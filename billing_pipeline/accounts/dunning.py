@@ -37,6 +37,7 @@ from billing_pipeline.accounts.clock import Clock
 from billing_pipeline.audit import AuditEntry, record
 from billing_pipeline.payments.ledger import Seen, apply_observations
 from billing_pipeline.payments.objects import stripe_observation
+from billing_pipeline.providers import retry
 from billing_pipeline.payments.settlement import settle_invoices
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class DunningResult:
     claimed: list[dict] = field(default_factory=list)
     results: list[dict] = field(default_factory=list)  # recorded: succeeded, failed, or still pending
     notifications_queued: int = 0
+    unavailable: list[str] = field(default_factory=list)  # Stripe down through the retries: why
 
     def counts(self) -> dict[str, int]:
         """Attempts by outcome: succeeded, failed, pending (outcome unknown, repeated next run), skipped."""
@@ -145,7 +147,16 @@ def run_dunning(
     if not pending or client is None:
         return result
 
-    outcomes = [_charge(client, a, clock.now()) for a in pending]  # provider calls, outside any transaction
+    # Provider calls, outside any transaction. Once Stripe is unavailable through the retries, the
+    # remaining attempts are not tried: they stay pending for the next run, with the same keys.
+    outcomes = []
+    for attempt in pending:
+        if result.unavailable:
+            outcomes.append(_Outcome(_pending_row(attempt, "provider_unavailable", result.unavailable[0])))
+            continue
+        outcomes.append(_charge(client, attempt, clock.now()))
+        if outcomes[-1].row["error_code"] == "provider_unavailable":
+            result.unavailable.append(outcomes[-1].row["error_message"])
 
     with engine.begin() as conn:
         result.results = accounts.fetch(
@@ -193,24 +204,29 @@ class _Outcome:
     objects: list[dict] = field(default_factory=list)  # the PaymentIntent and its charge, when it succeeded
 
 
-def _charge(client: stripe.StripeClient, attempt: dict, now: datetime) -> _Outcome:
-    row = {
+def _pending_row(attempt: dict, error_code: str | None = None, error_message: str | None = None) -> dict:
+    return {
         "attempt_id": attempt["attempt_id"],
         "status": "pending",
         "provider_object_id": None,
         "provider_charge_id": None,
-        "error_code": None,
-        "error_message": None,
+        "error_code": error_code,
+        "error_message": error_message,
     }
+
+
+def _charge(client: stripe.StripeClient, attempt: dict, now: datetime) -> _Outcome:
+    row = _pending_row(attempt)
+    action = f"charging invoice {attempt['number']} ({attempt['idempotency_key']})"
     try:
         intent = _find_intent(client, attempt) if now - attempt["claimed_at"] >= KEY_TTL else None
         if intent is None:
-            intent = client.v1.payment_intents.create(
+            intent = retry.call("stripe", action, lambda: client.v1.payment_intents.create(
                 params=payment_intent_params(attempt), options={"idempotency_key": attempt["idempotency_key"]}
-            ).to_dict()
+            )).to_dict()
         row["provider_object_id"] = intent["id"]
         if intent["status"] == "succeeded":
-            charge = client.v1.charges.retrieve(intent["latest_charge"]).to_dict()
+            charge = retry.call("stripe", action, lambda: client.v1.charges.retrieve(intent["latest_charge"])).to_dict()
             row |= {"status": "succeeded", "provider_charge_id": charge["id"]}
             return _Outcome(row, [intent, charge])
         if intent["status"] in ("processing", "requires_capture"):
@@ -232,6 +248,9 @@ def _charge(client: stripe.StripeClient, attempt: dict, now: datetime) -> _Outco
             "provider_object_id": intent.get("id"),
             "provider_charge_id": body.get("charge"),
         }
+    except retry.ProviderUnavailable as exc:
+        log.warning("dunning %s: %s; repeated on the next run", attempt["idempotency_key"], exc)
+        row |= {"error_code": "provider_unavailable", "error_message": str(exc)[:500]}
     except _RETRYABLE as exc:
         log.warning(
             "dunning %s: outcome unknown (%s), repeated on the next run",
@@ -251,14 +270,17 @@ def _charge(client: stripe.StripeClient, attempt: dict, now: datetime) -> _Outco
 def _find_intent(client: stripe.StripeClient, attempt: dict) -> dict | None:
     """The PaymentIntent created for the attempt, if any (its key is in the metadata)."""
     since = int((attempt["claimed_at"] - timedelta(hours=1)).timestamp())
-    page = client.v1.payment_intents.list(
-        params={"customer": attempt["provider_customer_id"], "created": {"gte": since}, "limit": 100}
-    )
-    for intent in page.auto_paging_iter():
-        data = intent.to_dict()
-        if (data.get("metadata") or {}).get("dunning_key") == attempt["idempotency_key"]:
-            return data
-    return None
+    params = {"customer": attempt["provider_customer_id"], "created": {"gte": since}, "limit": 100}
+    while True:
+        page = retry.call("stripe", f"looking up the PaymentIntent of {attempt['idempotency_key']}",
+                          lambda: client.v1.payment_intents.list(params=dict(params)))
+        for intent in page.data:
+            data = intent.to_dict()
+            if (data.get("metadata") or {}).get("dunning_key") == attempt["idempotency_key"]:
+                return data
+        if not page.has_more or not page.data:
+            return None
+        params["starting_after"] = page.data[-1].id
 
 
 def _detail(row: dict) -> dict:

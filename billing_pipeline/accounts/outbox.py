@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from billing_pipeline.accounts import sql_text
 from billing_pipeline.accounts.clock import Clock
+from billing_pipeline.audit import AuditEntry, record
 from billing_pipeline.money import from_minor
 
 log = logging.getLogger(__name__)
@@ -186,15 +187,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def requeue_dead(engine: Engine, *, now: datetime, notification_ids: list[int] | None = None) -> int:
-    """Make dead notifications (all, or the ids given) due again with fresh attempts."""
+def requeue_dead(
+    engine: Engine, *, now: datetime, actor: str, notification_ids: list[int] | None = None
+) -> int:
+    """Make dead notifications (all, or the ids given) due again with fresh attempts; audited."""
     with engine.begin() as conn:
-        return conn.execute(
+        requeued = conn.execute(
             sa.text("""
             UPDATE billing.notification_outbox
             SET dead_at = NULL, attempts = 0, next_attempt_at = :now
             WHERE dead_at IS NOT NULL
               AND (CAST(:ids AS bigint[]) IS NULL OR notification_id = ANY(CAST(:ids AS bigint[])))
+            RETURNING notification_id
         """),
             {"now": now, "ids": notification_ids},
-        ).rowcount
+        ).scalars().all()
+        record(conn, [AuditEntry("notification", str(n), "requeued", actor=actor, from_state="dead",
+                                 to_state="pending") for n in requeued])
+    return len(requeued)

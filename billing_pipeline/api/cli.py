@@ -9,6 +9,7 @@ import typer
 
 from billing_pipeline.api import keys
 from billing_pipeline.api.config import load_api_config
+from billing_pipeline.cli_options import ActorOption
 from billing_pipeline.settings import load_settings
 
 keys_app = typer.Typer(help="Ingest API keys (stored hashed in the edge store).", no_args_is_help=True)
@@ -16,6 +17,15 @@ keys_app = typer.Typer(help="Ingest API keys (stored hashed in the edge store)."
 
 def _connect():
     return closing(keys.connect(load_settings().edge_path))
+
+
+def _audit(key_id: str, action: str, actor: str | None, **detail) -> None:
+    """Keys live in the edge store; who changed one goes to the warehouse's audit log, after the change."""
+    from billing_pipeline.audit import AuditEntry, cli_actor, record
+    from billing_pipeline.warehouse import get_engine
+
+    with get_engine(load_settings()).begin() as conn:
+        record(conn, [AuditEntry("api_key", key_id, action, actor=cli_actor(actor), detail=detail)])
 
 
 def _show_once(issued: keys.IssuedKey) -> None:
@@ -30,14 +40,17 @@ def create(
     org: Annotated[str, typer.Option("--org", help="organisation id")],
     project: Annotated[str, typer.Option("--project", help="project id")],
     name: Annotated[str | None, typer.Option("--name", help="a label for the key")] = None,
+    actor: ActorOption = None,
 ) -> None:
     """Create a key for a project and print it (once)."""
     with _connect() as conn:
-        _show_once(keys.create_key(conn, org, project, name))
+        issued = keys.create_key(conn, org, project, name)
+    _audit(issued.key.key_id, "created", actor, organisation_id=org, project_id=project, name=name)
+    _show_once(issued)
 
 
 @keys_app.command()
-def revoke(key_id: str) -> None:
+def revoke(key_id: str, actor: ActorOption = None) -> None:
     """Revoke a key at once (also during a rotation's grace window)."""
     with _connect() as conn:
         try:
@@ -45,6 +58,8 @@ def revoke(key_id: str) -> None:
         except KeyError:
             typer.echo(f"no key {key_id}", err=True)
             raise typer.Exit(1)
+    if changed:
+        _audit(key_id, "revoked", actor)
     typer.echo(f"revoked {key_id}" if changed else f"{key_id} was already revoked")
 
 
@@ -56,6 +71,7 @@ def rotate(
         typer.Option("--grace-seconds", min=0, help="how long the old key stays valid"
                      " [default: BILLING_API_KEY_GRACE_SECONDS, 86400]"),
     ] = None,
+    actor: ActorOption = None,
 ) -> None:
     """Create a new key for the same project; the old one expires after the grace window."""
     grace = load_api_config().key_grace_seconds if grace_seconds is None else grace_seconds
@@ -68,6 +84,7 @@ def rotate(
         except ValueError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1)
+    _audit(key_id, "rotated", actor, new_key_id=issued.key.key_id, grace_seconds=grace)
     typer.echo(f"{key_id} stays valid for {grace} s more")
     _show_once(issued)
 

@@ -32,6 +32,10 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _RUN_ORDER = (None, "hourly", "daily", "monthly")
 
 
+class Failed(str):
+    """A step that failed: the text, marked so that whoever shows the steps can show it as a failure."""
+
+
 @dataclass
 class RunSummary:
     label: str
@@ -91,7 +95,7 @@ def run_assets(
         raise_on_error=False,
     )
     if not result.success:
-        on_step(f"run {label} FAILED (run id {result.run_id}); its logs are in `make ui`")
+        on_step(Failed(f"run {label} FAILED (run id {result.run_id}); its logs are in `make ui`"))
     return RunSummary(label, f"{span[0]} .. {span[1]}" if span else "-", names, result.success)
 
 
@@ -123,7 +127,7 @@ def run_job(job_name: str, span: tuple[str, str] | None, on_step: Callable[[str]
     result = job.execute_in_process(run_config=_QUIET, instance=dg.DagsterInstance.get(), tags=tags,
                                     raise_on_error=False)
     if not result.success:
-        on_step(f"run {job_name} FAILED (run id {result.run_id}); its logs are in `make ui`")
+        on_step(Failed(f"run {job_name} FAILED (run id {result.run_id}); its logs are in `make ui`"))
     keys = sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)
     return RunSummary(job_name, f"{span[0]} .. {span[1]}" if span else "-", keys, result.success)
 

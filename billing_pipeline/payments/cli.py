@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import typer
 
 from billing_pipeline.audit import cli_actor
+from billing_pipeline.cli_options import ActorOption
 from billing_pipeline.money import from_minor, is_valid_currency
 from billing_pipeline.payments import inbox
 from billing_pipeline.settings import load_settings
@@ -53,10 +54,11 @@ def replay(
         list[int] | None, typer.Option("--id", help="dead letter id (repeatable); default: all")
     ] = None,
     provider: Annotated[str | None, typer.Option(help="only this provider")] = None,
+    actor: ActorOption = None,
 ) -> None:
     """Put dead letters back in the inbox queue with fresh attempts (audited); processing picks them up."""
     replayed = inbox.replay_dead_letters(
-        _engine(), actor=cli_actor(), dead_letter_ids=ids or None, provider=provider
+        _engine(), actor=cli_actor(actor), dead_letter_ids=ids or None, provider=provider
     )
     for r in replayed:
         typer.echo(f"replayed {r['dead_letter_id']}\t{r['provider']}\t{r['event_id']}")

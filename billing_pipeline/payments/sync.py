@@ -25,6 +25,7 @@ from billing_pipeline.payments import sql_text
 from billing_pipeline.payments.ledger import Applied, Seen, apply_observations
 from billing_pipeline.payments.objects import Observation, razorpay_observation, stripe_observation
 from billing_pipeline.providers import razorpay_api, stripe_api
+from billing_pipeline.providers.retry import ProviderUnavailable
 from billing_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,17 @@ RAZORPAY_OVERLAP = timedelta(days=3)
 
 class SyncNotConfigured(RuntimeError):
     pass
+
+
+class SyncFailed(RuntimeError):
+    """The provider stayed unavailable through the retries: nothing of the window was written."""
+
+    def __init__(self, provider: str, start: datetime, end: datetime, cause: Exception) -> None:
+        super().__init__(
+            f"{provider} sync of the window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC failed, nothing"
+            f" of it was written (the next run reads the whole window again): {cause}"
+        )
+        self.provider, self.start, self.end = provider, start, end
 
 
 @dataclass
@@ -170,13 +182,19 @@ def _raw_rows(rows: Iterable[Mapping]) -> str:
 
 
 def sync_stripe(engine: Engine, client, start: datetime, end: datetime, *, actor: str) -> SyncResult:
-    """Charges, refunds and balance transactions created in [start - overlap, end); days [start, end)."""
+    """Charges, refunds and balance transactions created in [start - overlap, end); days [start, end).
+
+    Everything is listed first and written in one transaction: a provider that stays down (SyncFailed)
+    or a warehouse that goes away leaves nothing of the window half-applied."""
     result = SyncResult("stripe", start - STRIPE_OVERLAP, end)
     lo, hi = int(result.window_start.timestamp()), int(end.timestamp())
-    observations = _parse(
-        result, "charge", stripe_api.list_charges(client, lo, hi), stripe_observation
-    ) + _parse(result, "refund", stripe_api.list_refunds(client, lo, hi), stripe_observation)
-    txns = list(stripe_api.list_balance_transactions(client, lo, hi))
+    try:
+        observations = _parse(
+            result, "charge", stripe_api.list_charges(client, lo, hi), stripe_observation
+        ) + _parse(result, "refund", stripe_api.list_refunds(client, lo, hi), stripe_observation)
+        txns = list(stripe_api.list_balance_transactions(client, lo, hi))
+    except ProviderUnavailable as exc:
+        raise SyncFailed("stripe", result.window_start, end, exc) from exc
     result.counts["balance_transaction"] = len(txns)
     with engine.begin() as conn:
         if txns:
@@ -186,15 +204,20 @@ def sync_stripe(engine: Engine, client, start: datetime, end: datetime, *, actor
 
 
 def sync_razorpay(engine: Engine, client, start: datetime, end: datetime, *, actor: str) -> SyncResult:
-    """Orders, payments, refunds and settlements created in [start - overlap, end); days [start, end)."""
+    """Orders, payments, refunds and settlements created in [start - overlap, end); days [start, end).
+
+    Listed first, written in one transaction, as `sync_stripe`."""
     result = SyncResult("razorpay", start - RAZORPAY_OVERLAP, end)
     lo, hi = int(result.window_start.timestamp()), int(end.timestamp())
-    observations = (
-        _parse(result, "order", razorpay_api.list_orders(client, lo, hi), razorpay_observation)
-        + _parse(result, "payment", razorpay_api.list_payments(client, lo, hi), razorpay_observation)
-        + _parse(result, "refund", razorpay_api.list_refunds(client, lo, hi), razorpay_observation)
-    )
-    settlements = list(razorpay_api.list_settlements(client, lo, hi))
+    try:
+        observations = (
+            _parse(result, "order", razorpay_api.list_orders(client, lo, hi), razorpay_observation)
+            + _parse(result, "payment", razorpay_api.list_payments(client, lo, hi), razorpay_observation)
+            + _parse(result, "refund", razorpay_api.list_refunds(client, lo, hi), razorpay_observation)
+        )
+        settlements = list(razorpay_api.list_settlements(client, lo, hi))
+    except ProviderUnavailable as exc:
+        raise SyncFailed("razorpay", result.window_start, end, exc) from exc
     result.counts["settlement"] = len(settlements)
     with engine.begin() as conn:
         if settlements:

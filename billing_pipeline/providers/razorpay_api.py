@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import razorpay
+import requests
+
+from billing_pipeline.providers import retry
 
 PAGE_COUNT = 100  # Razorpay's maximum `count`
 
@@ -24,11 +27,27 @@ REFUND_FIELDS = ("id", "amount", "currency", "payment_id", "status", "notes", "c
 SETTLEMENT_FIELDS = ("id", "amount", "fees", "tax", "utr", "status", "created_at")
 
 
+class _Session(requests.Session):
+    """What the SDK's requests go through: a timeout on every request (requests has no default: a
+    provider that stops answering would hang the run), and 429/5xx raised with their status and
+    Retry-After (the SDK turns every error into BadRequestError/ServerError and drops both)."""
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("timeout", retry.timeout_seconds())
+        response = super().request(method, url, **kwargs)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise retry.ProviderHTTPError(
+                "razorpay", response.status_code, response.headers.get("Retry-After"), response.text
+            )
+        return response
+
+
 def make_client(key_id: str, key_secret: str, api_base: str | None = None) -> razorpay.Client:
     """`api_base` is the server root (e.g. "http://127.0.0.1:port"): the SDK appends "/v1/..." itself."""
     if api_base:
-        return razorpay.Client(auth=(key_id, key_secret), base_url=api_base.rstrip("/").removesuffix("/v1"))
-    return razorpay.Client(auth=(key_id, key_secret))
+        return razorpay.Client(session=_Session(), auth=(key_id, key_secret),
+                               base_url=api_base.rstrip("/").removesuffix("/v1"))
+    return razorpay.Client(session=_Session(), auth=(key_id, key_secret))
 
 
 def _rows(fetch: Callable[[dict], dict], start: int, end: int,
@@ -41,8 +60,10 @@ def _rows(fetch: Callable[[dict], dict], start: int, end: int,
         return
     seen: set[str] = set()
     skip = 0
+    action = f"listing {getattr(fetch, '__self__', fetch).__class__.__name__.lower()}s"
     while True:
-        page = fetch({"from": int(start), "to": int(end) - 1, "count": PAGE_COUNT, "skip": skip})
+        params = {"from": int(start), "to": int(end) - 1, "count": PAGE_COUNT, "skip": skip}
+        page = retry.call("razorpay", action, lambda: fetch(params))
         items = page.get("items", [])
         for item in items:
             if item["id"] in seen or not start <= item["created_at"] < end:

@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from billing_pipeline.providers import retry
 
 DEFAULT_BASE_URL = "https://api.vapi.ai"
 MAX_PAGE_LIMIT = 1000
@@ -29,9 +29,9 @@ class VapiError(RuntimeError):
 
 
 class VapiHTTPError(VapiError):
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, retry_after: str | None = None) -> None:
         super().__init__(message)
-        self.status_code = status_code
+        self.status_code, self.retry_after = status_code, retry_after
 
 
 class VapiAuthError(VapiHTTPError):
@@ -40,12 +40,6 @@ class VapiAuthError(VapiHTTPError):
 
 class VapiWindowTooDenseError(VapiError):
     """A 1 ms window still returned a full page: the calls cannot all be fetched by createdAt alone."""
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, VapiHTTPError):
-        return exc.status_code == 429 or exc.status_code >= 500
-    return isinstance(exc, httpx.TransportError)  # connect/read timeouts, refused connections
 
 
 def format_ts(dt: datetime) -> str:
@@ -65,8 +59,9 @@ def _ceil_ms(dt: datetime) -> datetime:
 class VapiClient:
     """Read calls from Vapi's REST API.
 
-    Retries 429, 5xx and transport errors with exponential backoff (tenacity), `max_attempts` in all,
-    then raises VapiHTTPError / VapiError. Other 4xx raise at once (401/403: VapiAuthError).
+    Retries 429 (honouring Retry-After), 5xx and transport errors under the project's retry policy
+    (`providers/retry.py`), `max_attempts` in all, then raises VapiHTTPError / VapiError naming the
+    attempts. Other 4xx raise at once (401/403: VapiAuthError).
     """
 
     def __init__(
@@ -76,10 +71,9 @@ class VapiClient:
         page_limit: int = 100,
         transport: httpx.BaseTransport | None = None,
         *,
-        timeout: float = 30.0,
-        max_attempts: int = 5,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        backoff_initial: float | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("Vapi API key is empty")
@@ -89,15 +83,10 @@ class VapiClient:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            timeout=timeout,
+            timeout=timeout or retry.timeout_seconds(),
             transport=transport,
         )
-        self._retrying = Retrying(
-            stop=stop_after_attempt(max_attempts),
-            wait=wait_exponential(multiplier=backoff_initial, max=backoff_max),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
+        self._max_attempts, self._backoff_initial = max_attempts, backoff_initial
 
     def close(self) -> None:
         self._http.close()
@@ -119,16 +108,20 @@ class VapiClient:
                 msg = f"Vapi GET {path} failed with HTTP {resp.status_code}: {str(detail)[:300]}"
                 if resp.status_code in (401, 403):
                     raise VapiAuthError(resp.status_code, msg + " (check VAPI_API_KEY)")
-                raise VapiHTTPError(resp.status_code, msg)
+                raise VapiHTTPError(resp.status_code, msg, resp.headers.get("retry-after"))
             try:
                 return resp.json()
             except ValueError as exc:
                 raise VapiError(f"Vapi GET {path} returned a non-JSON body") from exc
 
+        policy = retry.retrying(self._max_attempts, self._backoff_initial)
         try:
-            return self._retrying(once)
+            return policy(once)
         except httpx.TransportError as exc:
-            raise VapiError(f"could not reach Vapi at {self._http.base_url} for GET {path}: {exc!r}") from exc
+            attempts = policy.statistics.get("attempt_number", 1)
+            raise VapiError(
+                f"could not reach Vapi at {self._http.base_url} for GET {path} in {attempts} attempt(s): {exc!r}"
+            ) from exc
 
     def get_call(self, call_id: str) -> dict[str, Any]:
         return self._get(f"/call/{call_id}")

@@ -7,6 +7,8 @@ from datetime import date
 import sqlalchemy as sa
 import typer
 
+from billing_pipeline.cli_options import ActorOption
+
 wallet_app = typer.Typer(
     help="Prepaid wallets: balances, top-ups, adjustments, refused charges.", no_args_is_help=True
 )
@@ -33,7 +35,7 @@ def _minor(amount: str, currency: str) -> int:
     return minor
 
 
-def _post(action: str, org: str, amount: str, reference: str, reason: str | None) -> None:
+def _post(action: str, org: str, amount: str, reference: str, reason: str | None, actor: str | None) -> None:
     from billing_pipeline.audit import cli_actor
     from billing_pipeline.money import from_minor
     from billing_pipeline.wallet import ledger
@@ -43,10 +45,10 @@ def _post(action: str, org: str, amount: str, reference: str, reason: str | None
             currency = ledger.status(conn, org).currency
             minor = _minor(amount, currency)
             if action == "top_up":
-                result = ledger.top_up(conn, org, minor, currency, reference, actor=cli_actor())
+                result = ledger.top_up(conn, org, minor, currency, reference, actor=cli_actor(actor))
             else:
                 result = ledger.adjust(
-                    conn, org, minor, currency, reference, actor=cli_actor(), reason=reason or ""
+                    conn, org, minor, currency, reference, actor=cli_actor(actor), reason=reason or ""
                 )
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -104,9 +106,10 @@ def top_up(
     reference: str = typer.Option(
         ..., "--reference", help="The payment's id; a second top-up with it does nothing."
     ),
+    actor: ActorOption = None,
 ) -> None:
     """Credit a paid top-up to the wallet (idempotent per reference)."""
-    _post("top_up", org, amount, reference, None)
+    _post("top_up", org, amount, reference, None, actor)
 
 
 @wallet_app.command("adjust")
@@ -119,9 +122,10 @@ def adjust(
     reference: str = typer.Option(
         ..., "--reference", help="A key for this adjustment; reusing it does nothing."
     ),
+    actor: ActorOption = None,
 ) -> None:
     """A manual correction, audited with its reason."""
-    _post("adjust", org, amount, reference, reason)
+    _post("adjust", org, amount, reference, reason, actor)
 
 
 @wallet_app.command("refusals")

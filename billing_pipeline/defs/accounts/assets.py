@@ -94,6 +94,13 @@ def dunning_attempts(
         actor=run_actor(context.run_id),
         retry_days=load_accounts_settings().retry_days,
     )
+    if result.unavailable:  # what was decided is recorded; the rest stays pending, same idempotency keys
+        start, end = context.partition_time_window
+        raise dg.Failure(
+            description=f"stripe unavailable during dunning for {start:%Y-%m-%d} .. {end:%Y-%m-%d}:"
+            f" {result.counts()['pending']} attempt(s) left pending for the next run ({result.unavailable[0]})",
+            metadata={"attempts_by_outcome": dg.MetadataValue.json(result.counts())},
+        )
     return dg.MaterializeResult(
         metadata={
             "as_of": moment.isoformat(),

@@ -7,7 +7,7 @@ from billing_pipeline.calls import reconcile
 from billing_pipeline.calls.sync import replace_provider_calls
 from billing_pipeline.defs.partitions import daily
 from billing_pipeline.defs.resources import AlertResource, WarehouseResource
-from billing_pipeline.providers.vapi_api import VapiClient
+from billing_pipeline.providers.vapi_api import VapiClient, VapiError
 from billing_pipeline.settings import load_settings
 
 
@@ -43,8 +43,14 @@ def vapi_calls(
     that settled since.
     """
     start, end = context.partition_time_window
-    with vapi.client() as client:
-        calls = client.list_calls(start, end)
+    try:
+        with vapi.client() as client:
+            calls = client.list_calls(start, end)
+    except VapiError as exc:  # down through the retries: nothing of the window is written
+        raise dg.Failure(
+            description=f"vapi sync of the window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC failed,"
+            f" nothing of it was written (the next run reads the whole window again): {exc}"
+        ) from exc
     with warehouse.engine.begin() as conn:
         stored = replace_provider_calls(conn, start, end, calls)
     ended = [c for c in calls if c.get("status") == "ended"]

@@ -84,7 +84,10 @@ def _synced(context: dg.AssetExecutionContext, warehouse: WarehouseResource, run
         client = make_client(warehouse.settings())
     except sync.SyncNotConfigured as exc:
         raise dg.Failure(description=str(exc)) from exc
-    result = run_sync(warehouse.engine, client, start, end, actor=run_actor(context.run_id))
+    try:
+        result = run_sync(warehouse.engine, client, start, end, actor=run_actor(context.run_id))
+    except sync.SyncFailed as exc:
+        raise dg.Failure(description=str(exc)) from exc
     return dg.MaterializeResult(metadata=_sync_metadata(result))
 
 
