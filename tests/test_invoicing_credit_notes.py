@@ -1,0 +1,172 @@
+"""Credit notes against finalized invoices: gap-free numbers, immutability, never more than creditable,
+lowering the amount due, refunds through the FAKE Stripe/Razorpay servers (idempotent on the credit
+note) or to the wallet, and reconciliation that knows those refunds."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+from test_accounts_support import SK, add_invoice, add_org, add_plan, audit, record_charges, rows, stripe_charge, utc
+
+from billing_pipeline.invoicing import credit_notes
+from billing_pipeline.payments.ledger import Seen, apply_observations
+from billing_pipeline.payments.objects import razorpay_observation
+from billing_pipeline.payments.reconciliation import reconcile_payments
+from billing_pipeline.payments.settlement import settle_invoices
+from billing_pipeline.payments.sync import sync_stripe
+from billing_pipeline.providers import razorpay_api, stripe_api
+
+pytest_plugins = ["test_accounts_support", "test_payments_support"]
+
+
+def _invoice(engine, org="acme", total=10000, **kw) -> dict:
+    with engine.begin() as conn:
+        add_org(conn, org, add_plan(conn, f"plan_{org}", currency=kw.get("currency", "USD")), **kw)
+        return add_invoice(conn, org, total)
+
+
+def _balance(engine, invoice) -> dict:
+    (b,) = rows(engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice["invoice_id"])
+    return b
+
+
+def test_credit_notes_lower_the_amount_due_are_numbered_gap_free_and_never_exceed_the_invoice(engine):
+    invoice = _invoice(engine, customer="cus_a")
+    first = credit_notes.issue(engine, invoice["number"], reason="outage credit", actor="cli:finance",
+                               amount_minor=3000)
+    assert (first.applied_minor, first.refund_minor, first.refund_method) == (3000, 0, None)
+    assert _balance(engine, invoice)["balance_minor"] == 7000
+
+    with pytest.raises(credit_notes.CreditNoteError, match="more than remains creditable \\(7000\\)"):
+        credit_notes.issue(engine, invoice["number"], reason="too much", actor="t", amount_minor=7001)
+    with pytest.raises(credit_notes.CreditNoteError, match="needs a reason"):
+        credit_notes.issue(engine, invoice["number"], reason=" ", actor="t", amount_minor=1)
+    rest = credit_notes.issue(engine, invoice["number"], reason="goodwill", actor="t")  # the whole remainder
+    assert rest.amount_minor == 7000
+    year = date.today().year
+    assert [first.number, rest.number] == [f"CN-{year}-000001", f"CN-{year}-000002"]  # no gap for the refusal
+    b = _balance(engine, invoice)
+    assert (b["balance_minor"], b["credited_minor"], b["settlement_state"]) == (0, 10000, "paid")
+    with pytest.raises(credit_notes.CreditNoteError, match="nothing left to credit"):
+        credit_notes.issue(engine, invoice["number"], reason="again", actor="t")
+    assert [a[1] for a in audit(engine, "credit_note")] == ["issued", "issued"]
+
+    with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError):
+        conn.execute(sa.text("UPDATE billing.credit_notes SET amount_minor = 1"))
+    with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError):
+        conn.execute(sa.text("DELETE FROM billing.credit_note_lines"))
+    # the database refuses an over-credit whoever writes it
+    with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError, match="more than its total"):
+        conn.execute(sa.text(
+            "INSERT INTO billing.credit_notes (number, invoice_id, organisation_id, currency, amount_minor,"
+            " applied_minor, refund_minor, reason, scope, issued_by) VALUES ('X-1', :i, 'acme', 'USD', 1, 1, 0,"
+            " 'r', 'amount', 't')"), {"i": invoice["invoice_id"]})
+
+
+def test_credit_of_chosen_lines_adds_the_invoice_tax(engine):
+    invoice = _invoice(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE billing.invoice_lines DISABLE TRIGGER USER"))
+        line = conn.execute(sa.text(
+            "INSERT INTO billing.invoice_lines (invoice_id, kind, metric, amount_unrounded, amount_minor)"
+            " VALUES (:i, 'usage', 'api_calls', 4000, 4000) RETURNING line_id"), {"i": invoice["invoice_id"]}
+        ).scalar_one()
+        conn.execute(sa.text("ALTER TABLE billing.invoice_lines ENABLE TRIGGER USER"))
+    note = credit_notes.issue(engine, invoice["number"], reason="metric overcounted", actor="t", line_ids=[line])
+    assert note.amount_minor == 4000 and note.lines[0]["invoice_line_id"] == line  # tax rate 0 in this invoice
+    with pytest.raises(credit_notes.CreditNoteError, match="already fully credited"):
+        credit_notes.issue(engine, invoice["number"], reason="again", actor="t", line_ids=[line])
+
+
+def test_a_paid_invoice_needs_a_refund_choice_and_the_wallet_gets_the_credit(engine):
+    invoice = _invoice(engine, customer="cus_w")
+    record_charges(engine, stripe_charge(invoice, status="succeeded", at=utc(2026, 3, 2), customer="cus_w"))
+    with pytest.raises(credit_notes.CreditNoteError, match="choose --refund"):
+        credit_notes.issue(engine, invoice["number"], reason="r", actor="t", amount_minor=2500)
+    note = credit_notes.issue(engine, invoice["number"], reason="r", actor="t", amount_minor=2500, refund="wallet")
+    assert (note.applied_minor, note.refund_minor, note.refund["status"]) == (0, 2500, "succeeded")
+    assert rows(engine, "SELECT balance_minor FROM billing.wallets WHERE organisation_id = 'acme'") == [
+        {"balance_minor": 2500}
+    ]
+    b = _balance(engine, invoice)
+    assert (b["balance_minor"], b["settlement_state"]) == (0, "paid")
+
+
+def test_stripe_refund_is_idempotent_on_the_credit_note_and_reconciliation_knows_it(engine, providers):
+    stripe_state, _ = providers
+    client = stripe_api.make_client(SK_PAY, stripe_state_url(providers))
+    invoice = _invoice(engine, customer="cus_s")
+    charge = stripe_state.add_charge(10000, "usd", customer="cus_s", metadata={"invoice_id": str(invoice["invoice_id"])})
+    record_charges(engine, charge)
+    note = credit_notes.issue(engine, invoice["number"], reason="service credit", actor="t", amount_minor=4000,
+                              refund="provider")
+    assert note.refund["status"] == "pending" and note.refund["idempotency_key"] == f"credit_note:{note.credit_note_id}"
+
+    (sent,) = credit_notes.send_refunds(engine, stripe_client=client, razorpay_client=None, actor="t")
+    assert sent["status"] == "succeeded"
+    # sent again (as after a crash before the recording): Stripe replays, no second refund
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE billing.refunds SET status = 'pending', completed_at = NULL"))
+    credit_notes.send_refunds(engine, stripe_client=client, razorpay_client=None, actor="t")
+    assert len(stripe_state.all("refunds")) == 1 and stripe_state.all("refunds")[0]["amount"] == 4000
+    posts = stripe_state.requests_to("/v1/refunds", "POST")
+    assert {p.idempotency_key for p in posts} == {f"credit_note:{note.credit_note_id}"} and len(posts) == 2
+
+    b = _balance(engine, invoice)
+    assert (b["paid_minor"], b["credited_minor"], b["refunded_minor"], b["balance_minor"]) == (10000, 4000, 4000, 0)
+    # the day's sync and reconciliation: the credit note's refund is not a finding
+    day = date.fromtimestamp(charge["created"])
+    from datetime import datetime, timedelta, timezone  # noqa: PLC0415
+
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    sync_stripe(engine, client, start, start + timedelta(days=1), actor="t")
+    with engine.begin() as conn:
+        settle_invoices(conn, actor="t")
+        reconcile_payments(conn, day, day + timedelta(days=1))
+    assert _balance(engine, invoice)["balance_minor"] == 0
+    findings = rows(engine, "SELECT kind, reference, detail FROM recon.discrepancies")
+    refund_id = stripe_state.all("refunds")[0]["id"]
+    assert [f for f in findings if f["reference"] in (refund_id, invoice["number"])] == []
+
+
+def test_razorpay_refund_is_found_not_made_twice(engine, providers):
+    _, rzp_state = providers
+    client = razorpay_api.make_client(RZP_ID_, RZP_SECRET_, rzp_url(providers))
+    invoice = _invoice(engine, "ind", 50000, provider="razorpay", currency="INR")
+    payment = rzp_state.add_payment(50000, notes={"invoice_id": str(invoice["invoice_id"])})
+    with engine.begin() as conn:
+        apply_observations(conn, [Seen(razorpay_observation(payment))], via="webhook", actor="t")
+        settle_invoices(conn, actor="t")
+    note = credit_notes.issue(engine, invoice["number"], reason="r", actor="t", amount_minor=10000,
+                              refund="provider")
+    credit_notes.send_refunds(engine, stripe_client=None, razorpay_client=client, actor="t")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE billing.refunds SET status = 'pending', completed_at = NULL"))
+    credit_notes.send_refunds(engine, stripe_client=None, razorpay_client=client, actor="t")
+    refunds = [r for r in rzp_state.refunds_of(payment["id"])["items"]]
+    assert len(refunds) == 1 and refunds[0]["notes"]["credit_note_id"] == str(note.credit_note_id)
+    assert _balance(engine, invoice)["balance_minor"] == 0
+
+
+# the payments support fixture's credentials and URLs
+from test_payments_support import RZP_ID as RZP_ID_  # noqa: E402
+from test_payments_support import RZP_SECRET as RZP_SECRET_  # noqa: E402
+from test_payments_support import SK as SK_PAY  # noqa: E402
+
+
+def stripe_state_url(_providers) -> str:
+    import os  # noqa: PLC0415
+
+    return os.environ["STRIPE_API_BASE"]
+
+
+def rzp_url(_providers) -> str:
+    import os  # noqa: PLC0415
+
+    return os.environ["RAZORPAY_API_BASE"]
+
+
+_ = (uuid, SK)
