@@ -170,3 +170,23 @@ def rzp_url(_providers) -> str:
 
 
 _ = (uuid, SK)
+
+
+def test_cli_credits_an_amount_with_its_actor_and_refuses_too_much(engine):
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from billing_pipeline.invoicing.cli import invoice_app  # noqa: PLC0415
+
+    invoice = _invoice(engine)
+    runner = CliRunner()
+    ok = runner.invoke(invoice_app, ["credit", invoice["number"], "--amount", "12.50", "--reason", "late delivery",
+                                     "--actor", "cli:alice"])
+    assert ok.exit_code == 0, ok.output
+    assert "1250" not in ok.output and "12.50 USD credited" in ok.output
+    assert _balance(engine, invoice)["balance_minor"] == 10000 - 1250
+    (entry,) = rows(engine, "SELECT actor, detail FROM billing.audit_log WHERE entity_type = 'credit_note'")
+    assert entry["actor"] == "cli:alice" and entry["detail"]["reason"] == "late delivery"
+    bad = runner.invoke(invoice_app, ["credit", invoice["number"], "--amount", "1000", "--reason", "x"])
+    assert bad.exit_code == 1 and "more than remains creditable" in bad.output
+    precise = runner.invoke(invoice_app, ["credit", invoice["number"], "--amount", "0.001", "--reason", "x"])
+    assert precise.exit_code != 0 and "more decimals" in precise.output

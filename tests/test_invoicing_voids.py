@@ -106,3 +106,19 @@ def test_a_paid_invoice_cannot_be_voided(engine, issued):
     with pytest.raises(voids.VoidError, match="credit note instead"):
         voids.void_invoice(engine, "INV-2026-000001", reason="r", actor="t")
     assert rows(engine, "SELECT status FROM billing.invoices") == [{"status": "finalized"}]
+
+
+def test_cli_voids_with_a_reason_and_an_actor(engine, issued):
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from billing_pipeline.invoicing.cli import invoice_app  # noqa: PLC0415
+
+    runner = CliRunner()
+    ok = runner.invoke(invoice_app, ["void", "INV-2026-000001", "--reason", "duplicate", "--actor", "cli:bob",
+                                     "--replace"])
+    assert ok.exit_code == 0, ok.output
+    assert "void (2 late events billable again); replaced by INV-2026-000002" in ok.output
+    (v,) = rows(engine, "SELECT voided_by, reason FROM billing.invoice_voids")
+    assert v == {"voided_by": "cli:bob", "reason": "duplicate"}
+    again = runner.invoke(invoice_app, ["void", "INV-2026-000001", "--reason", "x"])
+    assert again.exit_code == 1 and "is void" in again.output
