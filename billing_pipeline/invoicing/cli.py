@@ -134,3 +134,29 @@ def void(
         raise typer.Exit(1) from None
     typer.echo(f"{number} void ({result.events_released} late events billable again)"
                + (f"; replaced by {result.replacement_number}" if result.replacement_number else ""))
+
+
+@invoice_app.command("export")
+def export(
+    month: str = typer.Option(..., "--month", help="YYYY-MM."),
+    out: str = typer.Option("-", "--out", help="CSV file to write; '-' (default) for standard output."),
+) -> None:
+    """The month's invoices (finalized and void) and credit notes as CSV, with credited, refunded, paid and
+    due amounts in minor units."""
+    import sys
+
+    from billing_pipeline.invoicing import exports, periods
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    try:
+        period_start = periods.parse_month(month)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--month") from None
+    rows = exports.month_documents(get_engine(load_settings()), period_start)
+    if out == "-":
+        exports.write_csv(rows, sys.stdout)
+    else:
+        with open(out, "w", encoding="utf-8", newline="") as handle:
+            exports.write_csv(rows, handle)
+        typer.echo(f"{len(rows)} documents written to {out}")
