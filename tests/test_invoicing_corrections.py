@@ -34,7 +34,10 @@ def test_preview_and_export_show_credit_notes_and_voids(october):
     rows = list(csv.DictReader(io.StringIO(out.output)))
     by_number = {r["number"]: r for r in rows}
     assert by_number[note.number]["document"] == "credit_note"
-    assert (by_number[note.number]["invoice_number"], by_number[note.number]["credited_minor"]) == (usd, "400")
+    assert (by_number[note.number]["invoice_number"], by_number[note.number]["credited_minor"]) == (
+        usd,
+        "400",
+    )
     assert (by_number[usd]["credited_minor"], by_number[usd]["due_minor"]) == ("400", "4000")
     assert (by_number[eur]["status"], by_number[eur]["due_minor"]) == ("void", "0")
     assert by_number[eur]["replaced_by"].startswith("INV-")
@@ -49,16 +52,19 @@ def test_late_usage_billed_on_a_voided_invoice_is_billed_again(october):
     november = invoices(october, NOV)["org_usd"]
     voids.void_invoice(october, november["number"], reason="wrong plan", actor="t")
     # December's drafts pick the late event up again: it is on no non-void invoice any more
-    from datetime import date  # noqa: PLC0415
+    from datetime import date
 
     dec = date(2026, 12, 1)
     fill_usage(october, dec)
     drafts.build_drafts(october, dec, "cli:test")
     with october.connect() as conn:
-        import sqlalchemy as sa  # noqa: PLC0415
+        import sqlalchemy as sa
 
-        billed = conn.execute(sa.text(
-            "SELECT i.period_start, i.status FROM billing.invoice_late_events e JOIN billing.invoice_lines l"
-            " USING (line_id) JOIN billing.invoices i USING (invoice_id) WHERE e.event_id = 'late-1'"
-            " ORDER BY i.period_start")).all()
+        billed = conn.execute(
+            sa.text(
+                "SELECT i.period_start, i.status FROM billing.invoice_late_events e JOIN billing.invoice_lines l"
+                " USING (line_id) JOIN billing.invoices i USING (invoice_id) WHERE e.event_id = 'late-1'"
+                " ORDER BY i.period_start"
+            )
+        ).all()
     assert [(p.isoformat(), s) for p, s in billed] == [("2026-11-01", "void"), ("2026-12-01", "draft")]

@@ -4,12 +4,23 @@ note) or to the wallet, and reconciliation that knows those refunds."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import date
+import os
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from test_accounts_support import SK, add_invoice, add_org, add_plan, audit, record_charges, rows, stripe_charge, utc
+from test_accounts_support import (
+    add_invoice,
+    add_org,
+    add_plan,
+    audit,
+    record_charges,
+    rows,
+    stripe_charge,
+    utc,
+)
+from test_payments_support import RZP_ID, RZP_SECRET
+from test_payments_support import SK as PAYMENTS_SK
 
 from billing_pipeline.invoicing import credit_notes
 from billing_pipeline.payments.ledger import Seen, apply_observations
@@ -29,14 +40,17 @@ def _invoice(engine, org="acme", total=10000, **kw) -> dict:
 
 
 def _balance(engine, invoice) -> dict:
-    (b,) = rows(engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice["invoice_id"])
+    (b,) = rows(
+        engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice["invoice_id"]
+    )
     return b
 
 
 def test_credit_notes_lower_the_amount_due_are_numbered_gap_free_and_never_exceed_the_invoice(engine):
     invoice = _invoice(engine, customer="cus_a")
-    first = credit_notes.issue(engine, invoice["number"], reason="outage credit", actor="cli:finance",
-                               amount_minor=3000)
+    first = credit_notes.issue(
+        engine, invoice["number"], reason="outage credit", actor="cli:finance", amount_minor=3000
+    )
     assert (first.applied_minor, first.refund_minor, first.refund_method) == (3000, 0, None)
     assert _balance(engine, invoice)["balance_minor"] == 7000
 
@@ -60,23 +74,34 @@ def test_credit_notes_lower_the_amount_due_are_numbered_gap_free_and_never_excee
         conn.execute(sa.text("DELETE FROM billing.credit_note_lines"))
     # the database refuses an over-credit whoever writes it
     with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError, match="more than its total"):
-        conn.execute(sa.text(
-            "INSERT INTO billing.credit_notes (number, invoice_id, organisation_id, currency, amount_minor,"
-            " applied_minor, refund_minor, reason, scope, issued_by) VALUES ('X-1', :i, 'acme', 'USD', 1, 1, 0,"
-            " 'r', 'amount', 't')"), {"i": invoice["invoice_id"]})
+        conn.execute(
+            sa.text(
+                "INSERT INTO billing.credit_notes (number, invoice_id, organisation_id, currency, amount_minor,"
+                " applied_minor, refund_minor, reason, scope, issued_by) VALUES ('X-1', :i, 'acme', 'USD', 1, 1, 0,"
+                " 'r', 'amount', 't')"
+            ),
+            {"i": invoice["invoice_id"]},
+        )
 
 
 def test_credit_of_chosen_lines_adds_the_invoice_tax(engine):
     invoice = _invoice(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE billing.invoice_lines DISABLE TRIGGER USER"))
-        line = conn.execute(sa.text(
-            "INSERT INTO billing.invoice_lines (invoice_id, kind, metric, amount_unrounded, amount_minor)"
-            " VALUES (:i, 'usage', 'api_calls', 4000, 4000) RETURNING line_id"), {"i": invoice["invoice_id"]}
+        line = conn.execute(
+            sa.text(
+                "INSERT INTO billing.invoice_lines (invoice_id, kind, metric, amount_unrounded, amount_minor)"
+                " VALUES (:i, 'usage', 'api_calls', 4000, 4000) RETURNING line_id"
+            ),
+            {"i": invoice["invoice_id"]},
         ).scalar_one()
         conn.execute(sa.text("ALTER TABLE billing.invoice_lines ENABLE TRIGGER USER"))
-    note = credit_notes.issue(engine, invoice["number"], reason="metric overcounted", actor="t", line_ids=[line])
-    assert note.amount_minor == 4000 and note.lines[0]["invoice_line_id"] == line  # tax rate 0 in this invoice
+    note = credit_notes.issue(
+        engine, invoice["number"], reason="metric overcounted", actor="t", line_ids=[line]
+    )
+    assert (
+        note.amount_minor == 4000 and note.lines[0]["invoice_line_id"] == line
+    )  # tax rate 0 in this invoice
     with pytest.raises(credit_notes.CreditNoteError, match="already fully credited"):
         credit_notes.issue(engine, invoice["number"], reason="again", actor="t", line_ids=[line])
 
@@ -86,7 +111,9 @@ def test_a_paid_invoice_needs_a_refund_choice_and_the_wallet_gets_the_credit(eng
     record_charges(engine, stripe_charge(invoice, status="succeeded", at=utc(2026, 3, 2), customer="cus_w"))
     with pytest.raises(credit_notes.CreditNoteError, match="choose --refund"):
         credit_notes.issue(engine, invoice["number"], reason="r", actor="t", amount_minor=2500)
-    note = credit_notes.issue(engine, invoice["number"], reason="r", actor="t", amount_minor=2500, refund="wallet")
+    note = credit_notes.issue(
+        engine, invoice["number"], reason="r", actor="t", amount_minor=2500, refund="wallet"
+    )
     assert (note.applied_minor, note.refund_minor, note.refund["status"]) == (0, 2500, "succeeded")
     assert rows(engine, "SELECT balance_minor FROM billing.wallets WHERE organisation_id = 'acme'") == [
         {"balance_minor": 2500}
@@ -97,13 +124,19 @@ def test_a_paid_invoice_needs_a_refund_choice_and_the_wallet_gets_the_credit(eng
 
 def test_stripe_refund_is_idempotent_on_the_credit_note_and_reconciliation_knows_it(engine, providers):
     stripe_state, _ = providers
-    client = stripe_api.make_client(SK_PAY, stripe_state_url(providers))
+    client = stripe_api.make_client(PAYMENTS_SK, os.environ["STRIPE_API_BASE"])
     invoice = _invoice(engine, customer="cus_s")
-    charge = stripe_state.add_charge(10000, "usd", customer="cus_s", metadata={"invoice_id": str(invoice["invoice_id"])})
+    charge = stripe_state.add_charge(
+        10000, "usd", customer="cus_s", metadata={"invoice_id": str(invoice["invoice_id"])}
+    )
     record_charges(engine, charge)
-    note = credit_notes.issue(engine, invoice["number"], reason="service credit", actor="t", amount_minor=4000,
-                              refund="provider")
-    assert note.refund["status"] == "pending" and note.refund["idempotency_key"] == f"credit_note:{note.credit_note_id}"
+    note = credit_notes.issue(
+        engine, invoice["number"], reason="service credit", actor="t", amount_minor=4000, refund="provider"
+    )
+    assert (
+        note.refund["status"] == "pending"
+        and note.refund["idempotency_key"] == f"credit_note:{note.credit_note_id}"
+    )
 
     (sent,) = credit_notes.send_refunds(engine, stripe_client=client, razorpay_client=None, actor="t")
     assert sent["status"] == "succeeded"
@@ -116,12 +149,15 @@ def test_stripe_refund_is_idempotent_on_the_credit_note_and_reconciliation_knows
     assert {p.idempotency_key for p in posts} == {f"credit_note:{note.credit_note_id}"} and len(posts) == 2
 
     b = _balance(engine, invoice)
-    assert (b["paid_minor"], b["credited_minor"], b["refunded_minor"], b["balance_minor"]) == (10000, 4000, 4000, 0)
+    assert (b["paid_minor"], b["credited_minor"], b["refunded_minor"], b["balance_minor"]) == (
+        10000,
+        4000,
+        4000,
+        0,
+    )
     # the day's sync and reconciliation: the credit note's refund is not a finding
     day = date.fromtimestamp(charge["created"])
-    from datetime import datetime, timedelta, timezone  # noqa: PLC0415
-
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     sync_stripe(engine, client, start, start + timedelta(days=1), actor="t")
     with engine.begin() as conn:
         settle_invoices(conn, actor="t")
@@ -134,14 +170,15 @@ def test_stripe_refund_is_idempotent_on_the_credit_note_and_reconciliation_knows
 
 def test_razorpay_refund_is_found_not_made_twice(engine, providers):
     _, rzp_state = providers
-    client = razorpay_api.make_client(RZP_ID_, RZP_SECRET_, rzp_url(providers))
+    client = razorpay_api.make_client(RZP_ID, RZP_SECRET, os.environ["RAZORPAY_API_BASE"])
     invoice = _invoice(engine, "ind", 50000, provider="razorpay", currency="INR")
     payment = rzp_state.add_payment(50000, notes={"invoice_id": str(invoice["invoice_id"])})
     with engine.begin() as conn:
         apply_observations(conn, [Seen(razorpay_observation(payment))], via="webhook", actor="t")
         settle_invoices(conn, actor="t")
-    note = credit_notes.issue(engine, invoice["number"], reason="r", actor="t", amount_minor=10000,
-                              refund="provider")
+    note = credit_notes.issue(
+        engine, invoice["number"], reason="r", actor="t", amount_minor=10000, refund="provider"
+    )
     credit_notes.send_refunds(engine, stripe_client=None, razorpay_client=client, actor="t")
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE billing.refunds SET status = 'pending', completed_at = NULL"))
@@ -152,35 +189,26 @@ def test_razorpay_refund_is_found_not_made_twice(engine, providers):
 
 
 # the payments support fixture's credentials and URLs
-from test_payments_support import RZP_ID as RZP_ID_  # noqa: E402
-from test_payments_support import RZP_SECRET as RZP_SECRET_  # noqa: E402
-from test_payments_support import SK as SK_PAY  # noqa: E402
-
-
-def stripe_state_url(_providers) -> str:
-    import os  # noqa: PLC0415
-
-    return os.environ["STRIPE_API_BASE"]
-
-
-def rzp_url(_providers) -> str:
-    import os  # noqa: PLC0415
-
-    return os.environ["RAZORPAY_API_BASE"]
-
-
-_ = (uuid, SK)
-
-
 def test_cli_credits_an_amount_with_its_actor_and_refuses_too_much(engine):
-    from typer.testing import CliRunner  # noqa: PLC0415
+    from typer.testing import CliRunner
 
-    from billing_pipeline.invoicing.cli import invoice_app  # noqa: PLC0415
+    from billing_pipeline.invoicing.cli import invoice_app
 
     invoice = _invoice(engine)
     runner = CliRunner()
-    ok = runner.invoke(invoice_app, ["credit", invoice["number"], "--amount", "12.50", "--reason", "late delivery",
-                                     "--actor", "cli:alice"])
+    ok = runner.invoke(
+        invoice_app,
+        [
+            "credit",
+            invoice["number"],
+            "--amount",
+            "12.50",
+            "--reason",
+            "late delivery",
+            "--actor",
+            "cli:alice",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "1250" not in ok.output and "12.50 USD credited" in ok.output
     assert _balance(engine, invoice)["balance_minor"] == 10000 - 1250

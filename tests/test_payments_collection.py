@@ -4,6 +4,7 @@ once per invoice; a decline opens the grace period and dunning retries; a paid l
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -32,8 +33,14 @@ NOW = utc(2026, 3, 1, 6)
 
 def _org_invoice(engine, org, total, *, provider="stripe", customer=None, currency="USD") -> dict:
     with engine.begin() as conn:
-        add_org(conn, org, add_plan(conn, f"plan_{org}", currency=currency), provider=provider,
-                customer=customer, currency=currency)
+        add_org(
+            conn,
+            org,
+            add_plan(conn, f"plan_{org}", currency=currency),
+            provider=provider,
+            customer=customer,
+            currency=currency,
+        )
         return add_invoice(conn, org, total, month=str(MONTH))
 
 
@@ -50,7 +57,9 @@ def _collect(engine, stripe_url=None, rzp_url=None, clock=None, **kw):
 
 
 def _balance(engine, invoice) -> dict:
-    (b,) = rows(engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice["invoice_id"])
+    (b,) = rows(
+        engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice["invoice_id"]
+    )
     return b
 
 
@@ -66,14 +75,20 @@ def test_stripe_invoice_is_charged_once_with_its_key_and_settled(engine, fake_st
     assert post.idempotency_key == f"collect:{invoice['invoice_id']}"
     assert post.params["metadata[invoice_id]"] == str(invoice["invoice_id"])
     assert post.params["metadata[organisation_id]"] == "acme"
-    assert (post.params["amount"], post.params["confirm"], post.params["off_session"]) == ("4200", "true", "true")
+    assert (post.params["amount"], post.params["confirm"], post.params["off_session"]) == (
+        "4200",
+        "true",
+        "true",
+    )
     assert _balance(engine, invoice)["settlement_state"] == "paid"
     assert _balance(engine, zero)["settlement_state"] == "paid"  # no provider call for a zero total
     assert len(state.all("charges")) == 1
     # a second run claims nothing and calls nothing
     assert _collect(engine, url).claimed == [] and len(state.requests_to("/v1/payment_intents", "POST")) == 1
     assert sorted(a[1:] for a in audit(engine, "collection_attempt")) == [
-        ("charged", "pending", "succeeded"), ("claimed", None, "nothing_due"), ("claimed", None, "pending")
+        ("charged", "pending", "succeeded"),
+        ("claimed", None, "nothing_due"),
+        ("claimed", None, "pending"),
     ]
 
 
@@ -95,8 +110,13 @@ def test_sigkill_between_the_provider_call_and_its_recording_then_rerun_charges_
     state, url = fake_stripe
     invoice = _org_invoice(engine, "acme", 4200, customer="cus_acme")
 
-    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, SK, url, NOW.isoformat()], env=os.environ.copy(),
-                          timeout=120, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, SK, url, NOW.isoformat()],
+        env=os.environ.copy(),
+        timeout=120,
+        capture_output=True,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert len(state.all("charges")) == 1  # the provider charged; the warehouse never heard of it
     assert rows(engine, "SELECT status FROM billing.collection_attempts") == [{"status": "pending"}]
@@ -145,11 +165,15 @@ def test_two_concurrent_runs_for_one_month_charge_each_invoice_once(engine, fake
     [t.join(120) for t in threads]
     assert errors == []
     charges = state.all("charges")
-    assert sorted(c["metadata"]["invoice_id"] for c in charges) == sorted(str(i["invoice_id"]) for i in invoices)
-    assert rows(engine, "SELECT count(*) AS n FROM billing.collection_attempts WHERE status = 'succeeded'") == [
+    assert sorted(c["metadata"]["invoice_id"] for c in charges) == sorted(
+        str(i["invoice_id"]) for i in invoices
+    )
+    assert rows(
+        engine, "SELECT count(*) AS n FROM billing.collection_attempts WHERE status = 'succeeded'"
+    ) == [{"n": 12}]
+    assert rows(engine, "SELECT count(*) AS n FROM billing.payments WHERE object_type = 'charge'") == [
         {"n": 12}
     ]
-    assert rows(engine, "SELECT count(*) AS n FROM billing.payments WHERE object_type = 'charge'") == [{"n": 12}]
     assert all(_balance(engine, i)["paid_minor"] == i["total_minor"] for i in invoices)
 
 
@@ -165,30 +189,50 @@ def test_a_decline_opens_the_grace_period_and_dunning_retries(engine, fake_strip
     (attempt,) = rows(engine, "SELECT * FROM billing.collection_attempts")
     assert (attempt["status"], attempt["error_code"]) == ("failed", "insufficient_funds")
     (grace,) = rows(engine, "SELECT * FROM billing.grace_periods")
-    assert (grace["invoice_id"], grace["status"], grace["balance_minor"]) == (invoice["invoice_id"], "open", 5000)
+    assert (grace["invoice_id"], grace["status"], grace["balance_minor"]) == (
+        invoice["invoice_id"],
+        "open",
+        5000,
+    )
     assert "grace_started" in [n["kind"] for n in outbox(engine)]
 
     state.declined_customers.clear()  # the customer fixed the card; dunning's first retry succeeds
     clock = FixedClock(now + timedelta(days=1, hours=1))
-    dunning = run_dunning(engine, stripe_api.make_client(SK, url), as_of=clock.now(), clock=clock, actor="test",
-                          retry_days=[1, 3, 5, 7])
+    dunning = run_dunning(
+        engine,
+        stripe_api.make_client(SK, url),
+        as_of=clock.now(),
+        clock=clock,
+        actor="test",
+        retry_days=[1, 3, 5, 7],
+    )
     assert dunning.counts()["succeeded"] == 1
     assert _balance(engine, invoice)["settlement_state"] == "paid"
 
 
 def test_declined_test_card_is_refused_by_the_fake(fake_stripe):
-    state, url = fake_stripe
+    _state, url = fake_stripe
     client = stripe_api.make_client(SK, url)
     with pytest.raises(Exception) as exc_info:
-        client.v1.payment_intents.create(params={"amount": 100, "currency": "usd", "confirm": True,
-                                                 "payment_method": "pm_card_chargeDeclined"})
+        client.v1.payment_intents.create(
+            params={
+                "amount": 100,
+                "currency": "usd",
+                "confirm": True,
+                "payment_method": "pm_card_chargeDeclined",
+            }
+        )
     assert getattr(exc_info.value, "code", None) == "card_declined"
     # the same key with other parameters is Stripe's idempotency error
-    client.v1.payment_intents.create(params={"amount": 100, "currency": "usd"}, options={"idempotency_key": "k1"})
+    client.v1.payment_intents.create(
+        params={"amount": 100, "currency": "usd"}, options={"idempotency_key": "k1"}
+    )
     import stripe
 
     with pytest.raises(stripe.IdempotencyError):
-        client.v1.payment_intents.create(params={"amount": 200, "currency": "usd"}, options={"idempotency_key": "k1"})
+        client.v1.payment_intents.create(
+            params={"amount": 200, "currency": "usd"}, options={"idempotency_key": "k1"}
+        )
 
 
 def test_razorpay_invoice_gets_a_link_sent_by_the_outbox_and_the_paid_webhook_settles_it(
@@ -212,12 +256,16 @@ def test_razorpay_invoice_gets_a_link_sent_by_the_outbox_and_the_paid_webhook_se
     assert _balance(engine, invoice)["settlement_state"] == "unpaid"
     # a row left pending (a crash after the call) is sent again: the link is found, never made twice
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE billing.collection_attempts SET status = 'pending', completed_at = NULL"))
+        conn.execute(
+            sa.text("UPDATE billing.collection_attempts SET status = 'pending', completed_at = NULL")
+        )
     assert collect().counts() == {"link_sent": 1}
     assert len(state.list_payment_links({})["payment_links"]) == 1
 
     event = state.pay_link(link["id"])
-    resp = razorpay_fake.deliver_webhook(f"{hook_url}/webhooks/razorpay", event, RZP_WEBHOOK_SECRET, "evt_paid")
+    resp = razorpay_fake.deliver_webhook(
+        f"{hook_url}/webhooks/razorpay", event, RZP_WEBHOOK_SECRET, "evt_paid"
+    )
     assert resp.status_code < 300, resp.text
     inbox.process_inbox(engine, handlers.PROVIDERS, actor="test")
     with engine.begin() as conn:
@@ -226,11 +274,17 @@ def test_razorpay_invoice_gets_a_link_sent_by_the_outbox_and_the_paid_webhook_se
 
 
 def test_lineage_from_finalized_invoices_to_payment_reconciliation_is_in_the_asset_graph():
-    from billing_pipeline.definitions import defs  # noqa: PLC0415
+    from billing_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    chain = ["finalized_invoices", "payment_collection", "payments", "invoice_settlement", "payment_reconciliation"]
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
+    chain = [
+        "finalized_invoices",
+        "payment_collection",
+        "payments",
+        "invoice_settlement",
+        "payment_reconciliation",
+    ]
+    for upstream, downstream in itertools.pairwise(chain):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
         assert upstream in parents, (downstream, parents)
     node = graph.get(dg.AssetKey("payment_collection"))

@@ -67,7 +67,9 @@ class DunningResult:
         return counts
 
 
-def payment_intent_params(attempt: dict, *, description: str | None = None, key_field: str = "dunning_key") -> dict:
+def payment_intent_params(
+    attempt: dict, *, description: str | None = None, key_field: str = "dunning_key"
+) -> dict:
     """The PaymentIntent of an attempt, from its stored row only (a repeat must be the same request).
 
     Also the first collection's (payments/collection.py): its own description, its key under `key_field`."""

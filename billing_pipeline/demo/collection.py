@@ -37,24 +37,37 @@ _DONE = sa.text("""
 """)
 
 
-def correct(engine: Engine, stripe_state: stripe_fake.FakeStripeState, month: date,
-            on_step: Callable[[str], None]) -> None:
+def correct(
+    engine: Engine, stripe_state: stripe_fake.FakeStripeState, month: date, on_step: Callable[[str], None]
+) -> None:
     """The void, the credit note and the declining cards, once per month."""
     with engine.connect() as conn:
         done = conn.execute(_DONE, {"month": month}).mappings().one()
         unpaid = [dict(r) for r in conn.execute(_UNPAID_STRIPE, {"month": month}).mappings()]
     if not done["voids"] and unpaid:
-        voided = voids.void_invoice(engine, unpaid[0]["number"], reason="demo: billed to the wrong legal entity",
-                                    actor=ACTOR, replace=True)
+        voided = voids.void_invoice(
+            engine,
+            unpaid[0]["number"],
+            reason="demo: billed to the wrong legal entity",
+            actor=ACTOR,
+            replace=True,
+        )
         on_step(f"void: {voided.number} voided, replaced by {voided.replacement_number}")
         unpaid = unpaid[1:]
     if not done["credit_notes"] and unpaid:
         # on an unpaid invoice: collection then charges what is left. (A refund through the provider is
         # not shown here: the next demo run starts fresh fakes, which would not know the refund.)
-        note = credit_notes.issue(engine, unpaid[0]["number"], reason="demo: SLA credit for an outage",
-                                  actor=ACTOR, amount_minor=unpaid[0]["total_minor"] // 10)
-        on_step(f"credit note: {note.number} on {unpaid[0]['number']}, {note.amount_minor} minor units off the"
-                " amount due")
+        note = credit_notes.issue(
+            engine,
+            unpaid[0]["number"],
+            reason="demo: SLA credit for an outage",
+            actor=ACTOR,
+            amount_minor=unpaid[0]["total_minor"] // 10,
+        )
+        on_step(
+            f"credit note: {note.number} on {unpaid[0]['number']}, {note.amount_minor} minor units off the"
+            " amount due"
+        )
         unpaid = unpaid[1:]
     for row in unpaid[:DECLINED]:
         stripe_state.declined_customers.add(row["provider_customer_id"])

@@ -224,7 +224,8 @@ def run_demo(settings: Settings, month: date | None, events: int, on_step: Calla
             from billing_pipeline.demo import collection
 
             collection.correct(engine, providers.stripe, month, on_step)
-            runs.append(run_assets("payment_collection", [COLLECTION], _range_for("monthly", month, last_received),
-                                   on_step))
-            on_step("collection: " + ", ".join(f"{n} {s}" for s, n in collection.collection_states(engine, month).items()))
+            span = _range_for("monthly", month, last_received)
+            runs.append(run_assets("payment_collection", [COLLECTION], span, on_step))
+            states = collection.collection_states(engine, month)
+            on_step("collection: " + ", ".join(f"{n} {state}" for state, n in states.items()))
     return {"month": month, "runs": runs, "counts": table_counts(settings)}

@@ -31,7 +31,7 @@ KINDS: dict[str, tuple[str, str, frozenset[str]]] = {
     "orders": ("order", "order", frozenset({"receipt", "authorized"})),
     "refunds": ("rfnd", "refund", frozenset()),
     "settlements": ("setl", "settlement", frozenset()),
-    "payment_links": ("plink", "payment_link", frozenset()),  # not listed with from/to: see list_payment_links
+    "payment_links": ("plink", "payment_link", frozenset()),  # listed by list_payment_links, not from/to
 }
 _LINK_CREATE_FIELDS = {
     "amount", "currency", "accept_partial", "first_min_partial_amount", "expire_by", "reference_id",
@@ -205,10 +205,12 @@ class FakeRazorpayState:
                 "first_min_partial_amount": body.get("first_min_partial_amount", 0),
                 "description": body.get("description"), "customer": body.get("customer") or {},
                 "notify": body.get("notify") or {"email": False, "sms": False},
-                "reminder_enable": bool(body.get("reminder_enable", False)), "notes": dict(body.get("notes") or {}),
+                "reminder_enable": bool(body.get("reminder_enable", False)),
+                "notes": dict(body.get("notes") or {}),
                 "reference_id": ref or "", "expire_by": expire_by or now + 180 * 86400, "expired_at": 0,
                 "cancelled_at": 0, "status": "created", "payments": None, "upi_link": False,
-                "callback_url": body.get("callback_url", ""), "callback_method": body.get("callback_method", ""),
+                "callback_url": body.get("callback_url", ""),
+                "callback_method": body.get("callback_method", ""),
                 "short_url": f"https://rzp.io/i/{link_id[-10:]}", "user_id": "",
                 "created_at": now, "updated_at": now,
             })

@@ -310,14 +310,15 @@ class FakeStripeState:
                                       "payment_intent or charge.", code="parameter_missing")
         charge = self._objects["charges"].get(charge_id)
         if charge is None:
-            raise StripeApiError(400, f"No such charge: '{charge_id}'", code="resource_missing", param="charge")
+            raise StripeApiError(400, f"No such charge: '{charge_id}'", code="resource_missing",
+                                 param="charge")
         left = charge["amount_captured"] - charge["amount_refunded"]
         amount = _int_param("amount", params["amount"]) if "amount" in params else left
-        if amount < 1 or amount > left:
+        if amount > left:
             raise StripeApiError(400, f"Refund amount ({amount}) is greater than unrefunded amount on charge "
-                                      f"({left})" if amount > left else "This value must be greater than or "
-                                      "equal to 1.", code="amount_too_large" if amount > left else None,
-                                 param="amount")
+                                      f"({left})", code="amount_too_large", param="amount")
+        if amount < 1:
+            raise StripeApiError(400, "This value must be greater than or equal to 1.", param="amount")
         metadata = {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}
         refund = self.add_refund(charge_id, amount, metadata=metadata, reason=params.get("reason"))
         self.add_event("charge.refunded", self.get("charges", charge_id), created=refund["created"])
@@ -428,7 +429,8 @@ def create_app(state: FakeStripeState) -> FastAPI:
                     return JSONResponse(body, status_code=status,
                                         headers={"Idempotent-Replayed": "true"} if replayed else {})
                 if len(parts) == 2 and request.method == "POST" and kind == "refunds":
-                    status, body, replayed = state.create_refund(params, request.headers.get("idempotency-key"))
+                    status, body, replayed = state.create_refund(
+                        params, request.headers.get("idempotency-key"))
                     return JSONResponse(body, status_code=status,
                                         headers={"Idempotent-Replayed": "true"} if replayed else {})
             raise StripeApiError(404, f"Unrecognized request URL ({request.method}: {request.url.path}). "

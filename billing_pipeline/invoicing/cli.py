@@ -55,8 +55,8 @@ def _invoice_currency(engine, number: str) -> str:
 def credit(
     number: str = typer.Argument(..., help="The finalized invoice's number, e.g. INV-2026-000001."),
     reason: str = typer.Option(..., "--reason", help="Why (kept on the credit note and in the audit log)."),
-    line: list[int] = typer.Option(None, "--line", help="Credit this invoice line id (repeatable); with tax."),
-    amount: str = typer.Option(None, "--amount", help="Credit this amount, in the invoice's currency (12.34)."),
+    line: list[int] = typer.Option(None, "--line", help="Credit this invoice line (repeatable); with tax."),
+    amount: str = typer.Option(None, "--amount", help="Credit this amount in the invoice's currency (12.34)."),
     refund: str = typer.Option(
         None, "--refund", help="What was paid goes back: 'provider' (the payment's provider) or 'wallet'."
     ),
@@ -85,17 +85,20 @@ def credit(
         except (InvalidOperation, ValueError):
             raise typer.BadParameter(f"{amount!r} is not an amount", param_hint="--amount") from None
         if from_minor(minor, currency) != value:
-            raise typer.BadParameter(f"{amount} has more decimals than {currency} allows", param_hint="--amount")
+            raise typer.BadParameter(
+                f"{amount} has more decimals than {currency} allows", param_hint="--amount"
+            )
     try:
         note = credit_notes.issue(engine, number, reason=reason, actor=who, line_ids=line or None,
                                   amount_minor=minor, refund=refund)
     except credit_notes.CreditNoteError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    via = f" via {note.refund_method}" if note.refund_method else ""
     typer.echo(
         f"{note.number}: {from_minor(note.amount_minor, currency)} {currency} credited on {number} "
         f"({from_minor(note.applied_minor, currency)} off the amount due, "
-        f"{from_minor(note.refund_minor, currency)} refunded{f' via {note.refund_method}' if note.refund_method else ''})"
+        f"{from_minor(note.refund_minor, currency)} refunded{via})"
     )
     if note.refund and note.refund["status"] == "pending":
         clients = {}
@@ -108,7 +111,8 @@ def credit(
             engine, stripe_client=clients["stripe"], razorpay_client=clients["razorpay"], actor=who,
             credit_note_id=note.credit_note_id,
         ) or [{"status": "pending", "error_message": "not sent"}]
-        typer.echo(f"refund {sent['status']}" + (f": {sent['error_message']}" if sent.get("error_message") else ""))
+        error = f": {sent['error_message']}" if sent.get("error_message") else ""
+        typer.echo(f"refund {sent['status']}{error}")
         if sent["status"] == "failed":
             raise typer.Exit(1)
 
@@ -127,8 +131,9 @@ def void(
     from billing_pipeline.warehouse import get_engine
 
     try:
-        result = voids.void_invoice(get_engine(load_settings()), number, reason=reason, actor=actor or cli_actor(),
-                                    replace=replace)
+        result = voids.void_invoice(
+            get_engine(load_settings()), number, reason=reason, actor=actor or cli_actor(), replace=replace
+        )
     except voids.VoidError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 import razorpay
@@ -117,11 +117,16 @@ def issue(
         if inv is None:
             raise CreditNoteError(f"no invoice {number}")
         if inv["status"] != "finalized":
-            raise CreditNoteError(f"invoice {number} is {inv['status']}: only a finalized invoice can be credited")
+            raise CreditNoteError(
+                f"invoice {number} is {inv['status']}: only a finalized invoice can be credited"
+            )
         creditable = inv["total_minor"] - inv["credited_minor"]
         lines: list[dict] = []
         if line_ids:
-            by_id = {r["line_id"]: dict(r) for r in conn.execute(_LINES, {"invoice_id": inv["invoice_id"]}).mappings()}
+            by_id = {
+                r["line_id"]: dict(r)
+                for r in conn.execute(_LINES, {"invoice_id": inv["invoice_id"]}).mappings()
+            }
             unknown = [i for i in line_ids if i not in by_id]
             if unknown:
                 raise CreditNoteError(f"invoice {number} has no line {', '.join(map(str, unknown))}")
@@ -129,10 +134,18 @@ def issue(
                 line = by_id[line_id]
                 if line["creditable_minor"] <= 0:
                     raise CreditNoteError(f"line {line_id} of invoice {number} is already fully credited")
-                with_tax = int((Decimal(line["creditable_minor"]) * (1 + inv["tax_rate"])).quantize(
-                    Decimal(1), ROUND_HALF_UP))  # minor units, rounded once, half-up
-                lines.append({"invoice_line_id": line_id, "amount_minor": with_tax,
-                              "description": f"{line['kind']} {line['metric'] or ''}".strip()})
+                with_tax = int(
+                    (Decimal(line["creditable_minor"]) * (1 + inv["tax_rate"])).quantize(
+                        Decimal(1), ROUND_HALF_UP
+                    )
+                )  # minor units, rounded once, half-up
+                lines.append(
+                    {
+                        "invoice_line_id": line_id,
+                        "amount_minor": with_tax,
+                        "description": f"{line['kind']} {line['metric'] or ''}".strip(),
+                    }
+                )
             scope, amount = "lines", sum(x["amount_minor"] for x in lines)
         elif amount_minor is not None:
             scope, amount = "amount", amount_minor
@@ -162,7 +175,7 @@ def issue(
                     f"invoice {number}: no captured payment with {refund_minor} minor units left to refund; "
                     "use --refund wallet"
                 )
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         seq = numbering.reserve(conn, ISSUER, now.year, 1)
         cn_number = numbering.format_number(ISSUER, now.year, seq)
         note_id = conn.execute(
@@ -172,55 +185,117 @@ def issue(
                 VALUES (:number, :invoice_id, :org, :currency, :amount, :applied, :refund, :method, :reason,
                         :scope, :now, :actor)
                 RETURNING credit_note_id"""),
-            {"number": cn_number, "invoice_id": inv["invoice_id"], "org": inv["organisation_id"],
-             "currency": inv["currency"], "amount": amount, "applied": applied, "refund": refund_minor,
-             "method": method, "reason": reason.strip(), "scope": scope, "now": now, "actor": actor},
+            {
+                "number": cn_number,
+                "invoice_id": inv["invoice_id"],
+                "org": inv["organisation_id"],
+                "currency": inv["currency"],
+                "amount": amount,
+                "applied": applied,
+                "refund": refund_minor,
+                "method": method,
+                "reason": reason.strip(),
+                "scope": scope,
+                "now": now,
+                "actor": actor,
+            },
         ).scalar_one()
         conn.execute(
-            sa.text("INSERT INTO billing.credit_note_lines (credit_note_id, invoice_line_id, description, amount_minor)"
-                    " VALUES (:note, :invoice_line_id, :description, :amount_minor)"),
+            sa.text(
+                "INSERT INTO billing.credit_note_lines (credit_note_id, invoice_line_id, description, amount_minor)"
+                " VALUES (:note, :invoice_line_id, :description, :amount_minor)"
+            ),
             [{"note": note_id, **x} for x in lines],
         )
-        note = CreditNote(note_id, cn_number, number, amount, applied, refund_minor, method, inv["currency"],
-                          lines=lines)
+        note = CreditNote(
+            note_id, cn_number, number, amount, applied, refund_minor, method, inv["currency"], lines=lines
+        )
         refund_row = None
         if method == "wallet":
-            posted = wallet.adjust(conn, inv["organisation_id"], refund_minor, inv["currency"],
-                                   f"credit_note:{note_id}", actor=actor, reason=f"credit note {cn_number}")
-            refund_row = _insert_refund(conn, note_id, inv, "wallet", None, refund_minor, "succeeded",
-                                        str(posted.entry_id))
+            posted = wallet.adjust(
+                conn,
+                inv["organisation_id"],
+                refund_minor,
+                inv["currency"],
+                f"credit_note:{note_id}",
+                actor=actor,
+                reason=f"credit note {cn_number}",
+            )
+            refund_row = _insert_refund(
+                conn, note_id, inv, "wallet", None, refund_minor, "succeeded", str(posted.entry_id)
+            )
         elif method == "provider":
-            refund_row = _insert_refund(conn, note_id, inv, payment["provider"], payment["payment_id"],
-                                        refund_minor, "pending", None)
+            refund_row = _insert_refund(
+                conn, note_id, inv, payment["provider"], payment["payment_id"], refund_minor, "pending", None
+            )
         note.refund = refund_row
-        detail = {"invoice": number, "amount_minor": amount, "applied_minor": applied,
-                  "refund_minor": refund_minor, "refund_method": method, "reason": reason.strip(), "scope": scope,
-                  "lines": [x["invoice_line_id"] for x in lines if x["invoice_line_id"]]}
-        record(conn, [
-            AuditEntry("credit_note", cn_number, "issued", actor=actor, to_state="issued", detail=detail),
-            AuditEntry("invoice", str(inv["invoice_id"]), "credited", actor=actor,
-                       from_state=str(inv["balance_minor"]), to_state=str(inv["balance_minor"] - applied),
-                       detail={"credit_note": cn_number, **detail}),
-            *([AuditEntry("refund", str(refund_row["refund_id"]), "created", actor=actor,
-                          to_state=refund_row["status"], detail={"credit_note": cn_number, **refund_row})]
-              if refund_row else []),
-        ])
+        detail = {
+            "invoice": number,
+            "amount_minor": amount,
+            "applied_minor": applied,
+            "refund_minor": refund_minor,
+            "refund_method": method,
+            "reason": reason.strip(),
+            "scope": scope,
+            "lines": [x["invoice_line_id"] for x in lines if x["invoice_line_id"]],
+        }
+        record(
+            conn,
+            [
+                AuditEntry("credit_note", cn_number, "issued", actor=actor, to_state="issued", detail=detail),
+                AuditEntry(
+                    "invoice",
+                    str(inv["invoice_id"]),
+                    "credited",
+                    actor=actor,
+                    from_state=str(inv["balance_minor"]),
+                    to_state=str(inv["balance_minor"] - applied),
+                    detail={"credit_note": cn_number, **detail},
+                ),
+                *(
+                    [
+                        AuditEntry(
+                            "refund",
+                            str(refund_row["refund_id"]),
+                            "created",
+                            actor=actor,
+                            to_state=refund_row["status"],
+                            detail={"credit_note": cn_number, **refund_row},
+                        )
+                    ]
+                    if refund_row
+                    else []
+                ),
+            ],
+        )
     return note
 
 
 def _insert_refund(conn, note_id, inv, method, payment_id, amount, status, object_id) -> dict:
-    return dict(conn.execute(
-        sa.text("""
+    return dict(
+        conn.execute(
+            sa.text("""
             INSERT INTO billing.refunds (credit_note_id, invoice_id, organisation_id, method, payment_id,
                 idempotency_key, amount_minor, currency, status, provider_object_id, completed_at)
             VALUES (:note, :invoice_id, :org, :method, :payment_id, 'credit_note:' || :note, :amount, :currency,
                     :status, :object_id, CASE WHEN :status <> 'pending' THEN now() END)
             RETURNING refund_id, credit_note_id, method, payment_id, idempotency_key, amount_minor, currency,
                       status, provider_object_id"""),
-        {"note": note_id, "invoice_id": inv["invoice_id"], "org": inv["organisation_id"], "method": method,
-         "payment_id": payment_id, "amount": amount, "currency": inv["currency"], "status": status,
-         "object_id": object_id},
-    ).mappings().one())
+            {
+                "note": note_id,
+                "invoice_id": inv["invoice_id"],
+                "org": inv["organisation_id"],
+                "method": method,
+                "payment_id": payment_id,
+                "amount": amount,
+                "currency": inv["currency"],
+                "status": status,
+                "object_id": object_id,
+            },
+        )
+        .mappings()
+        .one()
+    )
 
 
 _PENDING = sa.text("""
@@ -247,24 +322,46 @@ def send_refunds(
         pending = [dict(r) for r in conn.execute(_PENDING, {"note": credit_note_id}).mappings()]
     results, objects = [], []
     for r in pending:
-        out = {"refund_id": r["refund_id"], "status": "pending", "provider_object_id": None, "error_message": None}
+        out = {
+            "refund_id": r["refund_id"],
+            "status": "pending",
+            "provider_object_id": None,
+            "error_message": None,
+        }
         try:
             if r["method"] == "stripe" and stripe_client is not None:
                 refund = stripe_client.v1.refunds.create(
-                    params={"charge": r["payment_object_id"], "amount": int(r["amount_minor"]),
-                            "reason": "requested_by_customer", "metadata": _tags(r)},
+                    params={
+                        "charge": r["payment_object_id"],
+                        "amount": int(r["amount_minor"]),
+                        "reason": "requested_by_customer",
+                        "metadata": _tags(r),
+                    },
                     options={"idempotency_key": r["idempotency_key"]},
                 ).to_dict()
                 charge = stripe_client.v1.charges.retrieve(r["payment_object_id"]).to_dict()
                 objects.append(("stripe", [charge, refund]))
             elif r["method"] == "razorpay" and razorpay_client is not None:
-                found = razorpay_client.payment.fetch_multiple_refund(r["payment_object_id"]).get("items") or []
-                refund = next((x for x in found if isinstance(x.get("notes"), dict)
-                               and x["notes"].get("credit_note_id") == str(r["credit_note_id"])), None)
+                found = (
+                    razorpay_client.payment.fetch_multiple_refund(r["payment_object_id"]).get("items") or []
+                )
+                refund = next(
+                    (
+                        x
+                        for x in found
+                        if isinstance(x.get("notes"), dict)
+                        and x["notes"].get("credit_note_id") == str(r["credit_note_id"])
+                    ),
+                    None,
+                )
                 if refund is None:
                     refund = razorpay_client.payment.refund(
                         r["payment_object_id"],
-                        {"amount": int(r["amount_minor"]), "receipt": r["credit_note_number"], "notes": _tags(r)},
+                        {
+                            "amount": int(r["amount_minor"]),
+                            "receipt": r["credit_note_number"],
+                            "notes": _tags(r),
+                        },
                     )
                 payment = razorpay_client.payment.fetch(r["payment_object_id"])
                 objects.append(("razorpay", [payment, refund]))
@@ -273,19 +370,29 @@ def send_refunds(
                 results.append(out)
                 continue
             out |= {"status": "succeeded", "provider_object_id": refund["id"]}
-        except (stripe.CardError, stripe.InvalidRequestError, stripe.IdempotencyError,
-                razorpay.errors.BadRequestError) as exc:
+        except (
+            stripe.CardError,
+            stripe.InvalidRequestError,
+            stripe.IdempotencyError,
+            razorpay.errors.BadRequestError,
+        ) as exc:
             out |= {"status": "failed", "error_message": str(exc)[:500]}
-        except (stripe.StripeError, razorpay.errors.ServerError, razorpay.errors.GatewayError,
-                requests.RequestException) as exc:
+        except (
+            stripe.StripeError,
+            razorpay.errors.ServerError,
+            razorpay.errors.GatewayError,
+            requests.RequestException,
+        ) as exc:
             log.warning("refund %s: outcome unknown (%s), sent again next time", r["idempotency_key"], exc)
             out["error_message"] = str(exc)[:500]
         results.append(out)
     if not results:
         return []
     with engine.begin() as conn:
-        recorded = [dict(x) for x in conn.execute(
-            sa.text("""
+        recorded = [
+            dict(x)
+            for x in conn.execute(
+                sa.text("""
                 WITH r AS (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
                            AS r(refund_id bigint, status text, provider_object_id text, error_message text))
                 UPDATE billing.refunds f
@@ -295,15 +402,30 @@ def send_refunds(
                 FROM r WHERE f.refund_id = r.refund_id AND f.status = 'pending'
                 RETURNING f.refund_id, f.credit_note_id, f.method, f.status, f.amount_minor, f.currency,
                           f.provider_object_id, f.error_message"""),
-            {"rows": json.dumps(results)},
-        ).mappings()]
-        record(conn, [
-            AuditEntry("refund", str(x["refund_id"]), x["status"], actor=actor, from_state="pending",
-                       to_state=x["status"], detail=x)
-            for x in recorded if x["status"] != "pending"
-        ])
-        seen = [Seen(stripe_observation(o) if provider == "stripe" else razorpay_observation(o))
-                for provider, objs in objects for o in objs]
+                {"rows": json.dumps(results)},
+            ).mappings()
+        ]
+        record(
+            conn,
+            [
+                AuditEntry(
+                    "refund",
+                    str(x["refund_id"]),
+                    x["status"],
+                    actor=actor,
+                    from_state="pending",
+                    to_state=x["status"],
+                    detail=x,
+                )
+                for x in recorded
+                if x["status"] != "pending"
+            ],
+        )
+        seen = [
+            Seen(stripe_observation(o) if provider == "stripe" else razorpay_observation(o))
+            for provider, objs in objects
+            for o in objs
+        ]
         if seen:
             apply_observations(conn, seen, via="sync", actor=actor)
             settle_invoices(conn, actor=actor)
@@ -311,5 +433,8 @@ def send_refunds(
 
 
 def _tags(r: dict) -> dict:
-    return {"credit_note_id": str(r["credit_note_id"]), "credit_note_number": r["credit_note_number"],
-            "invoice_id": str(r["invoice_id"])}
+    return {
+        "credit_note_id": str(r["credit_note_id"]),
+        "credit_note_number": r["credit_note_number"],
+        "invoice_id": str(r["invoice_id"]),
+    }

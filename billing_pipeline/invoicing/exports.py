@@ -10,9 +10,23 @@ from sqlalchemy.engine import Engine
 
 from billing_pipeline import sql_files
 
-COLUMNS = ("document", "number", "invoice_number", "organisation_id", "status", "issued_at", "currency",
-           "total_minor", "credited_minor", "refunded_minor", "paid_minor", "due_minor", "refund_method",
-           "reason", "replaced_by")
+COLUMNS = (
+    "document",
+    "number",
+    "invoice_number",
+    "organisation_id",
+    "status",
+    "issued_at",
+    "currency",
+    "total_minor",
+    "credited_minor",
+    "refunded_minor",
+    "paid_minor",
+    "due_minor",
+    "refund_method",
+    "reason",
+    "replaced_by",
+)
 
 
 def month_documents(engine: Engine, period_start: date) -> list[dict]:
@@ -27,5 +41,3 @@ def write_csv(rows: list[dict], out: TextIO) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
-
-

@@ -47,8 +47,8 @@ _ISSUED = sa.text("""
 """)
 
 _CREDIT_NOTES = sa.text("""
-    SELECT c.number, i.number AS invoice_number, c.amount_minor, c.applied_minor, c.refund_minor, c.refund_method,
-           c.currency, c.reason, c.issued_at, r.status AS refund_status
+    SELECT c.number, i.number AS invoice_number, c.amount_minor, c.applied_minor, c.refund_minor,
+           c.refund_method, c.currency, c.reason, c.issued_at, r.status AS refund_status
     FROM billing.credit_notes c
     JOIN billing.invoices i ON i.invoice_id = c.invoice_id
     LEFT JOIN billing.refunds r ON r.credit_note_id = c.credit_note_id
@@ -108,13 +108,15 @@ def render_text(preview: Preview) -> str:
                 out.append(f"  {i['number']}: void ({i['void_reason']})"
                            + (f", replaced by {i['replaced_by']}" if i["replaced_by"] else ""))
             else:
-                out.append(f"  {i['number']}: total {_money(i['total_minor'], c)}, credited {_money(i['credited_minor'], c)}"
-                           f", refunded {_money(i['refunded_minor'], c)}, paid {_money(i['paid_minor'], c)}"
+                out.append(f"  {i['number']}: total {_money(i['total_minor'], c)}"
+                           f", credited {_money(i['credited_minor'], c)}, refunded {_money(i['refunded_minor'], c)}, paid {_money(i['paid_minor'], c)}"
                            f", due {_money(i['due_minor'], c)}")
         for n in preview.credit_notes:
             c = n["currency"]
-            refund = (f", {_money(n['refund_minor'], c)} refunded via {n['refund_method']} ({n['refund_status']})"
-                      if n["refund_minor"] else "")
+            refund = (
+                f", {_money(n['refund_minor'], c)} refunded via {n['refund_method']} ({n['refund_status']})"
+                if n["refund_minor"] else ""
+            )
             out.append(f"  credit note {n['number']} on {n['invoice_number']}: {_money(n['amount_minor'], c)}"
                        f" ({n['reason']}){refund}")
         return "\n".join(out)

@@ -11,7 +11,7 @@ of the same series, finalized, and its late lines claim their events again. Both
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -90,43 +90,88 @@ def void_invoice(engine: Engine, number: str, *, reason: str, actor: str, replac
         if inv["status"] != "finalized":
             raise VoidError(f"invoice {number} is {inv['status']}: only a finalized invoice can be voided")
         if inv["payments"] or inv["paid_minor"]:
-            raise VoidError(f"invoice {number} has payments ({inv['paid_minor']} minor units): issue a credit "
-                            "note instead")
+            raise VoidError(
+                f"invoice {number} has payments ({inv['paid_minor']} minor units): issue a credit "
+                "note instead"
+            )
         if inv["credited_minor"]:
             raise VoidError(f"invoice {number} has credit notes: credit the rest instead of voiding it")
         released = conn.execute(_RELEASE, {"invoice_id": inv["invoice_id"]}).rowcount
         conn.execute(  # recorded first: the immutability trigger lets a void through only then
-            sa.text("INSERT INTO billing.invoice_voids (invoice_id, number, reason, voided_by, events_released)"
-                    " VALUES (:i, :n, :reason, :actor, :released)"),
-            {"i": inv["invoice_id"], "n": number, "reason": reason.strip(), "actor": actor, "released": released},
+            sa.text(
+                "INSERT INTO billing.invoice_voids (invoice_id, number, reason, voided_by, events_released)"
+                " VALUES (:i, :n, :reason, :actor, :released)"
+            ),
+            {
+                "i": inv["invoice_id"],
+                "n": number,
+                "reason": reason.strip(),
+                "actor": actor,
+                "released": released,
+            },
         )
-        conn.execute(sa.text("UPDATE billing.invoices SET status = 'void' WHERE invoice_id = :i"),
-                     {"i": inv["invoice_id"]})
+        conn.execute(
+            sa.text("UPDATE billing.invoices SET status = 'void' WHERE invoice_id = :i"),
+            {"i": inv["invoice_id"]},
+        )
         replacement_id = replacement_number = None
         if replace:
-            replacement_id = conn.execute(_COPY_INVOICE, {"invoice_id": inv["invoice_id"], "actor": actor}).scalar_one()
+            replacement_id = conn.execute(
+                _COPY_INVOICE, {"invoice_id": inv["invoice_id"], "actor": actor}
+            ).scalar_one()
             conn.execute(_COPY_LINES, {"old": inv["invoice_id"], "new": replacement_id})
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             replacement_number = numbering.format_number(
                 inv["issuer"], now.year, numbering.reserve(conn, inv["issuer"], now.year, 1)
             )
             conn.execute(
-                sa.text("UPDATE billing.invoices SET status = 'finalized', number = :n, finalized_at = :now,"
-                        " finalized_by = :actor WHERE invoice_id = :i"),
+                sa.text(
+                    "UPDATE billing.invoices SET status = 'finalized', number = :n, finalized_at = :now,"
+                    " finalized_by = :actor WHERE invoice_id = :i"
+                ),
                 {"n": replacement_number, "now": now, "actor": actor, "i": replacement_id},
             )
             conn.execute(
-                sa.text("INSERT INTO billing.invoice_replacements (voided_invoice_id, replacement_invoice_id,"
-                        " replaced_by) VALUES (:i, :r, :actor)"),
+                sa.text(
+                    "INSERT INTO billing.invoice_replacements (voided_invoice_id, replacement_invoice_id,"
+                    " replaced_by) VALUES (:i, :r, :actor)"
+                ),
                 {"i": inv["invoice_id"], "r": replacement_id, "actor": actor},
             )
-        detail = {"reason": reason.strip(), "total_minor": inv["total_minor"], "currency": inv["currency"],
-                  "events_released": released, "replacement": replacement_number}
-        record(conn, [
-            AuditEntry("invoice", str(inv["invoice_id"]), "voided", actor=actor, from_state="finalized",
-                       to_state="void", detail={"number": number, **detail}),
-            *([AuditEntry("invoice", str(replacement_id), "finalized", actor=actor, from_state="draft",
-                          to_state="finalized", detail={"number": replacement_number, "replaces": number})]
-              if replace else []),
-        ])
+        detail = {
+            "reason": reason.strip(),
+            "total_minor": inv["total_minor"],
+            "currency": inv["currency"],
+            "events_released": released,
+            "replacement": replacement_number,
+        }
+        record(
+            conn,
+            [
+                AuditEntry(
+                    "invoice",
+                    str(inv["invoice_id"]),
+                    "voided",
+                    actor=actor,
+                    from_state="finalized",
+                    to_state="void",
+                    detail={"number": number, **detail},
+                ),
+                *(
+                    [
+                        AuditEntry(
+                            "invoice",
+                            str(replacement_id),
+                            "finalized",
+                            actor=actor,
+                            from_state="draft",
+                            to_state="finalized",
+                            detail={"number": replacement_number, "replaces": number},
+                        )
+                    ]
+                    if replace
+                    else []
+                ),
+            ],
+        )
     return Voided(inv["invoice_id"], number, released, replacement_number, replacement_id)

@@ -125,8 +125,14 @@ def collect_month(
         record(
             conn,
             [
-                AuditEntry("collection_attempt", str(c["collection_id"]), "claimed", actor=actor,
-                           to_state=c["status"], detail=_detail(c))
+                AuditEntry(
+                    "collection_attempt",
+                    str(c["collection_id"]),
+                    "claimed",
+                    actor=actor,
+                    to_state=c["status"],
+                    detail=_detail(c),
+                )
                 for c in result.claimed
             ],
         )
@@ -147,8 +153,13 @@ def collect_month(
             return _stripe(stripe_client, row, clock.now())
         if row["method"] == "payment_link" and razorpay_client is not None:
             return _link(razorpay_client, row)
-        return _Outcome({"attempt_id": row["collection_id"], "status": "pending",
-                         "error_message": f"{row['provider']} is not configured: left pending"})
+        return _Outcome(
+            {
+                "attempt_id": row["collection_id"],
+                "status": "pending",
+                "error_message": f"{row['provider']} is not configured: left pending",
+            }
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         outcomes = list(pool.map(call, pending))
@@ -162,15 +173,24 @@ def collect_month(
         record(
             conn,
             [
-                AuditEntry("collection_attempt", str(r["collection_id"]), _ACTIONS[r["status"]], actor=actor,
-                           from_state="pending", to_state=r["status"], detail=_detail(r))
+                AuditEntry(
+                    "collection_attempt",
+                    str(r["collection_id"]),
+                    _ACTIONS[r["status"]],
+                    actor=actor,
+                    from_state="pending",
+                    to_state=r["status"],
+                    detail=_detail(r),
+                )
                 for r in result.results
                 if r["status"] != "pending"
             ],
         )
         objects = [obj for o in outcomes for obj in o.objects]
         if objects:
-            apply_observations(conn, [Seen(stripe_observation(obj)) for obj in objects], via="sync", actor=actor)
+            apply_observations(
+                conn, [Seen(stripe_observation(obj)) for obj in objects], via="sync", actor=actor
+            )
             settle_invoices(conn, actor=actor)
         result.notifications_queued += outbox.queue(
             conn, [_link_sent(r) for r in result.results if r["status"] == "link_sent"], at=now, actor=actor
@@ -191,8 +211,18 @@ def _fetch(conn: sa.Connection, name: str, **params) -> list[dict]:
 
 
 def _row(row: dict) -> dict:
-    return {k: row.get(k) for k in ("attempt_id", "status", "provider_object_id", "provider_charge_id",
-                                    "link_url", "error_code", "error_message")}
+    return {
+        k: row.get(k)
+        for k in (
+            "attempt_id",
+            "status",
+            "provider_object_id",
+            "provider_charge_id",
+            "link_url",
+            "error_code",
+            "error_message",
+        )
+    }
 
 
 def _stripe(client: stripe.StripeClient, row: dict, now: datetime) -> _Outcome:
@@ -223,15 +253,28 @@ def _link(client: razorpay.Client, row: dict) -> _Outcome:
     except razorpay.errors.BadRequestError as exc:  # refused: final for this collection
         out |= {"status": "failed", "error_code": "BAD_REQUEST_ERROR", "error_message": str(exc)[:500]}
     except (razorpay.errors.ServerError, razorpay.errors.GatewayError, requests.RequestException) as exc:
-        log.warning("collection %s: outcome unknown (%s), repeated on the next run", row["idempotency_key"],
-                    type(exc).__name__)
+        log.warning(
+            "collection %s: outcome unknown (%s), repeated on the next run",
+            row["idempotency_key"],
+            type(exc).__name__,
+        )
         out |= {"error_code": type(exc).__name__, "error_message": str(exc)[:500]}
     return _Outcome(out)
 
 
 def _detail(row: dict) -> dict:
-    keys = ("invoice_id", "number", "method", "idempotency_key", "amount_minor", "currency", "error_code",
-            "error_message", "provider_object_id", "link_url")
+    keys = (
+        "invoice_id",
+        "number",
+        "method",
+        "idempotency_key",
+        "amount_minor",
+        "currency",
+        "error_code",
+        "error_message",
+        "provider_object_id",
+        "link_url",
+    )
     return {k: row[k] for k in keys if row.get(k) is not None}
 
 
@@ -245,8 +288,12 @@ def _asked_to_pay(c: dict) -> outbox.Notification:
             f"Invoice {c['number']} has {outbox.money(c['amount_minor'], c['currency'])} due and we cannot "
             "collect it automatically. Please pay it to avoid a restriction of your account."
         ),
-        payload={"invoice_id": c["invoice_id"], "number": c["number"], "amount_minor": c["amount_minor"],
-                 "currency": c["currency"]},
+        payload={
+            "invoice_id": c["invoice_id"],
+            "number": c["number"],
+            "amount_minor": c["amount_minor"],
+            "currency": c["currency"],
+        },
     )
 
 
@@ -260,6 +307,12 @@ def _link_sent(r: dict) -> outbox.Notification:
             f"Invoice {r['number']} has {outbox.money(r['amount_minor'], r['currency'])} due. Pay it at "
             f"{r['link_url']} before {outbox.when(r['link_expire_by'])}."
         ),
-        payload={"invoice_id": r["invoice_id"], "number": r["number"], "amount_minor": r["amount_minor"],
-                 "currency": r["currency"], "payment_link": r["provider_object_id"], "url": r["link_url"]},
+        payload={
+            "invoice_id": r["invoice_id"],
+            "number": r["number"],
+            "amount_minor": r["amount_minor"],
+            "currency": r["currency"],
+            "payment_link": r["provider_object_id"],
+            "url": r["link_url"],
+        },
     )

@@ -28,7 +28,9 @@ payments_daily_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[payment_collection, payments, stripe_sync, razorpay_sync, invoice_settlement, payment_reconciliation],
+    assets=[
+        payment_collection, payments, stripe_sync, razorpay_sync, invoice_settlement, payment_reconciliation
+    ],
     asset_checks=[no_dead_letters_waiting],
     jobs=[payments_daily_job],
 )

@@ -16,7 +16,9 @@ from billing_pipeline.payments import collection, sync
     deps=[dg.AssetKey("finalized_invoices")],
     kinds={"stripe", "razorpay", "postgres"},
 )
-def payment_collection(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def payment_collection(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     """billing.collection_attempts: each finalized invoice of the month collected once at its provider.
     Stripe: a confirmed off-session PaymentIntent for the amount due (idempotency key
     `collect:<invoice id>`); a decline opens the grace period and dunning retries. Razorpay: a Payment Link
