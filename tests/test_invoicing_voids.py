@@ -172,3 +172,18 @@ def test_cli_voids_with_a_reason_and_an_actor(engine, issued):
     assert v == {"voided_by": "cli:bob", "reason": "duplicate"}
     again = runner.invoke(invoice_app, ["void", "INV-2026-000001", "--reason", "x"])
     assert again.exit_code == 1 and "is void" in again.output
+
+
+def test_an_invoice_whose_collection_is_in_flight_cannot_be_voided(engine, issued):
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO billing.collection_attempts (invoice_id, organisation_id, period_start, number, provider,"
+                " method, idempotency_key, amount_minor, currency, status, claimed_at, claimed_by)"
+                " VALUES (:i, 'acme', '2026-02-01', 'INV-2026-000001', 'stripe', 'payment_intent', 'collect:' || :i,"
+                " 5000, 'USD', 'pending', now(), 't')"
+            ),
+            {"i": issued},
+        )
+    with pytest.raises(voids.VoidError, match="being collected"):
+        voids.void_invoice(engine, "INV-2026-000001", reason="r", actor="t")

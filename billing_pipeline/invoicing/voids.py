@@ -96,6 +96,15 @@ def void_invoice(engine: Engine, number: str, *, reason: str, actor: str, replac
             )
         if inv["credited_minor"]:
             raise VoidError(f"invoice {number} has credit notes: credit the rest instead of voiding it")
+        collecting = conn.execute(
+            sa.text("SELECT status FROM billing.collection_attempts WHERE invoice_id = :i AND status = 'pending'"),
+            {"i": inv["invoice_id"]},
+        ).scalar_one_or_none()
+        if collecting:
+            raise VoidError(
+                f"invoice {number} is being collected (a provider call whose result is not recorded yet): "
+                "run payment_collection for its month first"
+            )
         released = conn.execute(_RELEASE, {"invoice_id": inv["invoice_id"]}).rowcount
         conn.execute(  # recorded first: the immutability trigger lets a void through only then
             sa.text(
