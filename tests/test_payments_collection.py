@@ -290,3 +290,38 @@ def test_lineage_from_finalized_invoices_to_payment_reconciliation_is_in_the_ass
     node = graph.get(dg.AssetKey("payment_collection"))
     assert node.partitions_def is not None and "Monthly" in type(node.partitions_def).__name__
     assert node.group_name == "payments"
+
+
+def test_a_wallet_that_pays_invoices_pays_first_and_the_provider_gets_the_rest(engine, fake_stripe):
+    from billing_pipeline.wallet import ledger
+
+    state, url = fake_stripe
+    part = _org_invoice(engine, "part", 5000, customer="cus_part")
+    whole = _org_invoice(engine, "whole", 5000, customer="cus_whole")
+    other = _org_invoice(engine, "other", 5000, customer="cus_other")  # its catalog does not say so
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE billing.organisations SET wallet_pays_invoices = true WHERE organisation_id <> 'other'"
+            )
+        )
+        for org, amount in (("part", 3000), ("whole", 8000), ("other", 9000)):
+            ledger.top_up(conn, org, amount, "USD", f"topup-{org}", actor="test")
+
+    result = _collect(engine, url)
+
+    assert sorted((p["number"], p["amount_minor"]) for p in result.wallet_paid) == sorted(
+        [(part["number"], 3000), (whole["number"], 5000)]
+    )
+    posts = {
+        p.params["metadata[invoice_id]"]: p.params["amount"]
+        for p in state.requests_to("/v1/payment_intents", "POST")
+    }
+    assert posts == {str(part["invoice_id"]): "2000", str(other["invoice_id"]): "5000"}
+    for invoice in (part, whole, other):
+        assert _balance(engine, invoice)["settlement_state"] == "paid"
+    wallets = {
+        r["organisation_id"]: r["balance_minor"] for r in rows(engine, "SELECT * FROM billing.wallets")
+    }
+    assert wallets == {"part": 0, "whole": 3000, "other": 9000}
+    assert _collect(engine, url).wallet_paid == []  # once per invoice

@@ -4,7 +4,8 @@ Dunning retries a payment that failed; this is the attempt before it. Per month,
 
 1. claim (one statement, committed; sql/claim_collections.sql): every finalized invoice of the month
    without a collection gets one row in billing.collection_attempts, with the idempotency key
-   `collect:<invoice id>` and the amount then due. Nothing due (a zero total, or credited to zero): settled
+   `collect:<invoice id>` and the amount then due. Where the organisation's catalog says so
+   (wallet.pays_invoices), its prepaid wallet pays first, as far as it holds money. Nothing due (a zero total, or credited to zero): settled
    without a provider call. Organisations that cannot be collected from are asked to pay (outbox);
 2. call, outside any transaction: every pending row of the month (just claimed, or left pending by a run
    that stopped after the call) is sent, its request built only from the stored row:
@@ -47,6 +48,7 @@ from billing_pipeline.payments import sql_text
 from billing_pipeline.payments.ledger import Seen, apply_observations
 from billing_pipeline.payments.objects import stripe_observation
 from billing_pipeline.payments.settlement import settle_invoices
+from billing_pipeline.wallet import ledger as wallet
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class CollectionResult:
     results: list[dict] = field(default_factory=list)
     grace_opened: int = 0
     notifications_queued: int = 0
+    wallet_paid: list[dict] = field(default_factory=list)  # invoice_id, amount_minor, currency
 
     def counts(self) -> dict[str, int]:
         """Invoices by outcome of this run."""
@@ -112,6 +115,7 @@ def collect_month(
     now = clock.now()
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+        result.wallet_paid = _pay_from_wallets(conn, period_start, actor)
         result.claimed = _fetch(
             conn,
             "claim_collections",
@@ -201,6 +205,85 @@ def collect_month(
         result.grace_opened = len(grace.opened)
         result.notifications_queued += grace.notifications_queued
     return result
+
+
+_WALLET_CANDIDATES = sa.text("""
+    SELECT b.invoice_id, b.number, b.organisation_id, b.currency, b.balance_minor
+    FROM billing.invoice_balances b
+    JOIN billing.organisations o ON o.organisation_id = b.organisation_id
+    WHERE b.period_start = :period_start AND o.wallet_pays_invoices AND b.balance_minor > 0
+      AND NOT EXISTS (SELECT 1 FROM billing.collection_attempts c WHERE c.invoice_id = b.invoice_id)
+      AND NOT EXISTS (SELECT 1 FROM billing.invoice_wallet_payments p WHERE p.invoice_id = b.invoice_id)
+    ORDER BY b.organisation_id, b.invoice_id
+""")
+_LOCK_WALLETS = sa.text("""
+    SELECT organisation_id, currency, balance_minor FROM billing.wallets
+    WHERE organisation_id = ANY(CAST(:orgs AS text[])) ORDER BY organisation_id FOR UPDATE
+""")
+
+
+def _pay_from_wallets(conn: sa.Connection, period_start: date, actor: str) -> list[dict]:
+    """Where the catalog says so, what the wallet holds (never its debt limit) pays the invoice first:
+    a wallet entry (reference invoice:<id>, once per invoice) and a row of billing.invoice_wallet_payments."""
+    candidates = [
+        dict(r) for r in conn.execute(_WALLET_CANDIDATES, {"period_start": period_start}).mappings()
+    ]
+    if not candidates:
+        return []
+    orgs = sorted({c["organisation_id"] for c in candidates})
+    held = {  # what each wallet holds, its row locked until the transaction ends
+        r.organisation_id: (r.currency, r.balance_minor) for r in conn.execute(_LOCK_WALLETS, {"orgs": orgs})
+    }
+    postings, paying = [], []
+    for c in candidates:
+        currency, balance = held.get(c["organisation_id"], (None, 0))
+        amount = min(c["balance_minor"], balance) if currency == c["currency"] else 0
+        if amount <= 0:
+            continue
+        held[c["organisation_id"]] = (currency, balance - amount)
+        paying.append({**c, "amount_minor": amount})
+        postings.append(
+            wallet.Posting(
+                c["organisation_id"],
+                "adjustment",
+                f"invoice:{c['invoice_id']}",
+                -amount,
+                c["currency"],
+                {"invoice_id": c["invoice_id"], "number": c["number"], "reason": "invoice paid from wallet"},
+            )
+        )
+    if not postings:
+        return []
+    results = wallet.post(conn, postings, actor=actor)
+    paid = [
+        {**p, "wallet_entry_id": r.entry_id}
+        for p, r in zip(paying, results, strict=True)
+        if r.outcome == "posted"
+    ]
+    if paid:
+        conn.execute(
+            sa.text(
+                "INSERT INTO billing.invoice_wallet_payments (invoice_id, wallet_entry_id, amount_minor, currency,"
+                " paid_by) VALUES (:invoice_id, :wallet_entry_id, :amount_minor, :currency, :actor)"
+            ),
+            [{**p, "actor": actor} for p in paid],
+        )
+        record(
+            conn,
+            [
+                AuditEntry(
+                    "invoice",
+                    str(p["invoice_id"]),
+                    "wallet_paid",
+                    actor=actor,
+                    from_state=str(p["balance_minor"]),
+                    to_state=str(p["balance_minor"] - p["amount_minor"]),
+                    detail={k: p[k] for k in ("number", "amount_minor", "currency", "wallet_entry_id")},
+                )
+                for p in paid
+            ],
+        )
+    return [{k: p[k] for k in ("invoice_id", "number", "amount_minor", "currency")} for p in paid]
 
 
 _ACTIONS = {"succeeded": "charged", "failed": "charge_failed", "link_sent": "link_sent"}

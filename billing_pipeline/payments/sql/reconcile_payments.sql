@@ -51,7 +51,8 @@ inv_pay AS (
     SELECT a.invoice_id, a.payment_id, a.allocated, p.provider, p.object_id, p.provider_created_at,
            i.number, i.currency, i.organisation_id,
            -- what the invoice asks for once credit notes are counted (their refunds stay paid)
-           i.total_minor - COALESCE(ic.credited_minor, 0) + COALESCE(ic.refunded_minor, 0) AS total_minor,
+           i.total_minor - COALESCE(ic.credited_minor, 0) + COALESCE(ic.refunded_minor, 0)
+               - COALESCE(iw.amount_minor, 0) AS total_minor,  -- and what the prepaid wallet paid
            COALESCE(sum(a.allocated) OVER (PARTITION BY a.invoice_id ORDER BY p.provider_created_at, p.payment_id
                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS paid_before
     FROM (SELECT invoice_id, payment_id, sum(amount_minor)::bigint AS allocated
@@ -60,6 +61,7 @@ inv_pay AS (
     JOIN billing.payments p ON p.payment_id = a.payment_id
     JOIN billing.invoices i ON i.invoice_id = a.invoice_id
     LEFT JOIN billing.invoice_credits ic ON ic.invoice_id = a.invoice_id
+    LEFT JOIN billing.invoice_wallet_payments iw ON iw.invoice_id = a.invoice_id
 ),
 inv_running AS (
     SELECT x.*,
