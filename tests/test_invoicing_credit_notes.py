@@ -218,3 +218,33 @@ def test_cli_credits_an_amount_with_its_actor_and_refuses_too_much(engine):
     assert bad.exit_code == 1 and "more than remains creditable" in bad.output
     precise = runner.invoke(invoice_app, ["credit", invoice["number"], "--amount", "0.001", "--reason", "x"])
     assert precise.exit_code != 0 and "more decimals" in precise.output
+
+
+def test_a_refund_left_pending_is_sent_once_by_send_refunds(engine, providers):
+    from typer.testing import CliRunner
+
+    from billing_pipeline.invoicing.cli import invoice_app
+
+    stripe_state, _ = providers
+    invoice = _invoice(engine, customer="cus_p")
+    charge = stripe_state.add_charge(
+        10000, "usd", customer="cus_p", metadata={"invoice_id": str(invoice["invoice_id"])}
+    )
+    record_charges(engine, charge)
+    # the CLI issues and sends; the provider is unreachable, so the refund stays pending
+    unreachable = CliRunner().invoke(
+        invoice_app,
+        ["credit", invoice["number"], "--amount", "30", "--reason", "r", "--refund", "provider"],
+        env={"STRIPE_API_BASE": "http://127.0.0.1:9"},
+    )
+    assert unreachable.exit_code == 0, unreachable.output
+    assert "refund pending" in unreachable.output and stripe_state.all("refunds") == []
+
+    sent = CliRunner().invoke(invoice_app, ["send-refunds", "--actor", "cli:ops"])
+    again = CliRunner().invoke(invoice_app, ["send-refunds"])
+
+    assert sent.exit_code == 0 and "succeeded" in sent.output, sent.output
+    assert "0 pending refunds sent" in again.output
+    (refund,) = stripe_state.all("refunds")
+    assert refund["amount"] == 3000 and refund["metadata"]["credit_note_number"].startswith("CN-")
+    assert rows(engine, "SELECT status FROM billing.refunds") == [{"status": "succeeded"}]

@@ -69,7 +69,6 @@ def credit(
     from billing_pipeline.audit import cli_actor
     from billing_pipeline.invoicing import credit_notes
     from billing_pipeline.money import from_minor, to_minor
-    from billing_pipeline.payments import sync
     from billing_pipeline.settings import load_settings
     from billing_pipeline.warehouse import get_engine
 
@@ -101,12 +100,7 @@ def credit(
         f"{from_minor(note.refund_minor, currency)} refunded{via})"
     )
     if note.refund and note.refund["status"] == "pending":
-        clients = {}
-        for name, make in (("stripe", sync.stripe_client), ("razorpay", sync.razorpay_client)):
-            try:
-                clients[name] = make(settings)
-            except sync.SyncNotConfigured:
-                clients[name] = None
+        clients = _provider_clients(settings)
         (sent,) = credit_notes.send_refunds(
             engine, stripe_client=clients["stripe"], razorpay_client=clients["razorpay"], actor=who,
             credit_note_id=note.credit_note_id,
@@ -115,6 +109,43 @@ def credit(
         typer.echo(f"refund {sent['status']}{error}")
         if sent["status"] == "failed":
             raise typer.Exit(1)
+
+
+def _provider_clients(settings) -> dict:
+    from billing_pipeline.payments import sync
+
+    clients = {}
+    for name, make in (("stripe", sync.stripe_client), ("razorpay", sync.razorpay_client)):
+        try:
+            clients[name] = make(settings)
+        except sync.SyncNotConfigured:
+            clients[name] = None
+    return clients
+
+
+@invoice_app.command("send-refunds")
+def send_refunds(
+    actor: str = typer.Option(None, "--actor", help="Who (audit log); default cli:<user>."),
+) -> None:
+    """Send again every credit-note refund still pending (a run stopped between the provider call and its
+    recording): the same request with the same idempotency key, so the provider refunds once."""
+    from billing_pipeline.audit import cli_actor
+    from billing_pipeline.invoicing import credit_notes
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    settings = load_settings()
+    clients = _provider_clients(settings)
+    sent = credit_notes.send_refunds(
+        get_engine(settings), stripe_client=clients["stripe"], razorpay_client=clients["razorpay"],
+        actor=actor or cli_actor(),
+    )
+    for row in sent:
+        typer.echo(f"refund {row['refund_id']} (credit note {row['credit_note_id']}): {row['status']}"
+                   + (f" ({row['error_message']})" if row.get("error_message") else ""))
+    typer.echo(f"{len(sent)} pending refunds sent")
+    if any(r["status"] == "failed" for r in sent):
+        raise typer.Exit(1)
 
 
 @invoice_app.command("void")
