@@ -85,25 +85,55 @@ def test_credit_notes_lower_the_amount_due_are_numbered_gap_free_and_never_excee
 
 
 def test_credit_of_chosen_lines_adds_the_invoice_tax(engine):
-    invoice = _invoice(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE billing.invoice_lines DISABLE TRIGGER USER"))
-        line = conn.execute(
+        add_org(conn, "taxed", add_plan(conn, "plan_taxed"))
+        build = conn.execute(
             sa.text(
-                "INSERT INTO billing.invoice_lines (invoice_id, kind, metric, amount_unrounded, amount_minor)"
-                " VALUES (:i, 'usage', 'api_calls', 4000, 4000) RETURNING line_id"
-            ),
-            {"i": invoice["invoice_id"]},
+                "INSERT INTO billing.invoice_draft_builds (build_id, period_start, built_by, draft_count)"
+                " VALUES (gen_random_uuid(), '2026-02-01', 't', 1) RETURNING build_id"
+            )
         ).scalar_one()
-        conn.execute(sa.text("ALTER TABLE billing.invoice_lines ENABLE TRIGGER USER"))
-    note = credit_notes.issue(
-        engine, invoice["number"], reason="metric overcounted", actor="t", line_ids=[line]
+        invoice_id = conn.execute(
+            sa.text("""
+            INSERT INTO billing.invoices (organisation_id, period_start, period_end, currency, plan_id, plan_code,
+                plan_version, plan_snapshot, tax_rate, subtotal_minor, discount_minor, tax_minor,
+                credits_applied_minor, total_minor, build_id, created_by)
+            SELECT 'taxed', '2026-02-01', '2026-03-01', 'USD', plan_id, 'plan_taxed', 1, '{}', 0.18, 6001, 0,
+                   1080, 0, 7081, :b, 't'
+            FROM billing.plans WHERE code = 'plan_taxed' RETURNING invoice_id"""),
+            {"b": build},
+        ).scalar_one()
+        api, tokens = (
+            conn.execute(
+                sa.text(
+                    "INSERT INTO billing.invoice_lines (invoice_id, kind, metric, amount_unrounded, amount_minor)"
+                    " VALUES (:i, 'usage', :m, :a, :a) RETURNING line_id"
+                ),
+                {"i": invoice_id, "m": metric, "a": amount},
+            ).scalar_one()
+            for metric, amount in (("api_calls", 4000), ("tokens", 2001))
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE billing.invoices SET status = 'finalized', number = 'INV-TAX-1', finalized_at = now(),"
+                " finalized_by = 't' WHERE invoice_id = :i"
+            ),
+            {"i": invoice_id},
+        )
+
+    tokens_note = credit_notes.issue(
+        engine, "INV-TAX-1", reason="tokens overcounted", actor="t", line_ids=[tokens]
     )
-    assert (
-        note.amount_minor == 4000 and note.lines[0]["invoice_line_id"] == line
-    )  # tax rate 0 in this invoice
+    assert tokens_note.amount_minor == 2361  # 2001 + 18 % (360.18), rounded once, half-up
+    assert tokens_note.lines == [
+        {"invoice_line_id": tokens, "amount_minor": 2361, "description": "usage tokens"}
+    ]
     with pytest.raises(credit_notes.CreditNoteError, match="already fully credited"):
-        credit_notes.issue(engine, invoice["number"], reason="again", actor="t", line_ids=[line])
+        credit_notes.issue(engine, "INV-TAX-1", reason="again", actor="t", line_ids=[tokens])
+    rest = credit_notes.issue(engine, "INV-TAX-1", reason="api overcounted", actor="t", line_ids=[api])
+    assert rest.amount_minor == 4720
+    (b,) = rows(engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice_id)
+    assert (b["credited_minor"], b["balance_minor"]) == (7081, 0)
 
 
 def test_a_paid_invoice_needs_a_refund_choice_and_the_wallet_gets_the_credit(engine):
