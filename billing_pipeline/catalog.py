@@ -193,6 +193,7 @@ class Discount(_Strict):
 class Wallet(_Strict):
     debt_limit_minor: Annotated[int, Field(ge=0)] = 500
     recharge_threshold_minor: int = 0
+    pays_invoices: bool = False  # payment_collection takes what the wallet holds before the provider
 
 
 class Project(_Strict):
@@ -355,7 +356,8 @@ _AUDITED = """
 SELECT o.organisation_id, jsonb_build_object('plan', p.code || ' v' || p.version, 'currency', o.currency,
     'provider', o.provider, 'tax_rate', o.tax_rate, 'discounts', o.discounts,
     'prepaid_credits_minor', o.prepaid_credits_minor, 'debt_limit_minor', o.debt_limit_minor,
-    'recharge_threshold_minor', o.recharge_threshold_minor, 'trial_ends_at', o.trial_ends_at) AS state
+    'recharge_threshold_minor', o.recharge_threshold_minor, 'trial_ends_at', o.trial_ends_at,
+    'wallet_pays_invoices', o.wallet_pays_invoices) AS state
 FROM billing.organisations o JOIN billing.plans p USING (plan_id)
 WHERE o.organisation_id = ANY(CAST(:ids AS text[]))
 """
@@ -475,16 +477,19 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
         changed_orgs = []
         for org in catalog.organisations:
             entry = org.model_dump(exclude={"projects"})
+            if not org.wallet.pays_invoices:  # the default: entries written before the option hash the same
+                entry["wallet"].pop("pays_invoices")
             changed = conn.execute(
                 sa.text(
                     """
                     INSERT INTO billing.organisations (organisation_id, name, plan_code, plan_id, currency,
                         provider, provider_customer_id, tax_rate, discounts, prepaid_credits_minor,
-                        debt_limit_minor, recharge_threshold_minor, trial_ends_at, status, catalog_hash)
+                        debt_limit_minor, recharge_threshold_minor, trial_ends_at, status, catalog_hash,
+                        wallet_pays_invoices)
                     VALUES (:id, :name, :plan, :plan_id, :currency, :provider, :customer, :tax_rate,
                         CAST(:discounts AS jsonb), :credits, :debt_limit, :recharge, :trial_ends_at,
                         CASE WHEN CAST(:trial_ends_at AS timestamptz) > now() THEN 'trialing' ELSE 'active' END,
-                        :hash)
+                        :hash, :wallet_pays)
                     ON CONFLICT (organisation_id) DO UPDATE SET name = excluded.name,
                         plan_code = excluded.plan_code, plan_id = excluded.plan_id, currency = excluded.currency,
                         provider = excluded.provider, provider_customer_id = excluded.provider_customer_id,
@@ -492,6 +497,7 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                         prepaid_credits_minor = excluded.prepaid_credits_minor,
                         debt_limit_minor = excluded.debt_limit_minor,
                         recharge_threshold_minor = excluded.recharge_threshold_minor,
+                        wallet_pays_invoices = excluded.wallet_pays_invoices,
                         trial_ends_at = excluded.trial_ends_at, catalog_hash = excluded.catalog_hash,
                         updated_at = now()
                     WHERE organisations.catalog_hash <> excluded.catalog_hash
@@ -511,6 +517,7 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                     "credits": org.prepaid_credits_minor,
                     "debt_limit": org.wallet.debt_limit_minor,
                     "recharge": org.wallet.recharge_threshold_minor,
+                    "wallet_pays": org.wallet.pays_invoices,
                     "trial_ends_at": org.trial_ends_at,
                     "hash": content_hash(entry),
                 },

@@ -138,3 +138,20 @@ def test_organisation_changes_are_audited_and_a_currency_with_a_wallet_cannot_ch
     data["organisations"][1]["currency"] = "EUR"
     with pytest.raises(CatalogError, match="org_b: currency cannot change once it has invoices or a wallet"):
         apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v3", applied_by="cli:bob")
+
+
+def test_a_wallet_can_be_told_to_pay_invoices_and_leaving_it_out_changes_nothing(engine):
+    apply_catalog(engine, load_catalog(SMALL), source="v1", applied_by="test")
+    with engine.connect() as conn:
+        hashes = dict(conn.execute(sa.text("SELECT organisation_id, catalog_hash FROM billing.organisations")).all())
+    data = small()
+    data["organisations"][0].setdefault("wallet", {})["pays_invoices"] = True
+    result = apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v2", applied_by="test")
+    assert result["organisations_changed"] == 1
+    with engine.connect() as conn:
+        after = dict(conn.execute(sa.text(
+            "SELECT organisation_id, wallet_pays_invoices FROM billing.organisations")).all())
+        unchanged = conn.execute(sa.text(
+            "SELECT catalog_hash FROM billing.organisations WHERE organisation_id = 'org_b'")).scalar_one()
+    assert after == {"org_a": True, "org_b": False}
+    assert unchanged == hashes["org_b"]  # an entry without the option keeps its hash

@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from billing_pipeline.demo import generate
+from billing_pipeline.demo.collection import collection_states
 from billing_pipeline.demo.run import run_demo
 
 PAYMENT_KINDS = {"missing_internal", "missing_at_provider", "amount_mismatch", "status_mismatch", "duplicate"}
@@ -31,7 +32,7 @@ def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, engine):
     assert all(run.success for run in first["runs"]), first["runs"]
     assert [run.label for run in first["runs"]] == [
         "unpartitioned", "hourly", "daily", "monthly", "webhook_inbox_job", "daily_reconciliation_job",
-        "daily_accounts_job",
+        "daily_accounts_job", "payment_collection",
     ]
     counts = first["counts"]
     assert counts["billing.events"] == 3000 + 50  # and each organisation's opening storage level
@@ -44,9 +45,16 @@ def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, engine):
             "SELECT kind FROM recon.discrepancies WHERE source = 'payment_reconciliation'")).scalars())
         missing_calls = conn.execute(sa.text(
             "SELECT count(*) FROM recon.discrepancies WHERE kind = 'missing_call'")).scalar_one()
-    assert statuses == {"finalized": 50}
+    assert statuses == {"finalized": 50, "void": 1}  # one voided and replaced
     assert kinds == PAYMENT_KINDS
     assert missing_calls > 0
+    # the month ends with every invoice collected, in dunning, or waiting on a link (no provider: asked to pay)
+    states = collection_states(engine, date(2026, 10, 1))
+    assert set(states) == {"void", "collected", "in dunning", "waiting on a payment link",
+                           "asked to pay (no provider)"}, states
+    assert states["void"] == 1 and states["in dunning"] == 2
+    assert counts["billing.credit_notes"] == 1 and counts["billing.invoice_voids"] == 1
+    assert any(step.startswith("credit note: CN-") for step in steps)
 
     second = run_demo(settings, date(2026, 10, 1), 3000, steps.append)
     assert all(run.success for run in second["runs"])

@@ -180,3 +180,20 @@ def test_a_jump_against_recent_invoices_is_a_warning_that_does_not_block(october
     assert jump.findings[0]["organisation_id"] == "org_eur"
     rules(october, NOV)
     assert len(finalize.finalize_month(october, NOV, "cli:test").invoices) == 4
+
+
+def test_the_jump_check_compares_with_past_invoices_as_credited(october):
+    from billing_pipeline.invoicing import credit_notes  # noqa: PLC0415
+
+    close_month(october, OCT)
+    fill_usage(october, NOV)
+    drafts.build_drafts(october, NOV, "cli:test")
+    assert "org_usd" not in sql_checks(october, NOV)[checks.TOTAL_JUMP].organisations
+    with october.connect() as conn:
+        number, total = conn.execute(sa.text(
+            "SELECT number, total_minor FROM billing.invoices WHERE organisation_id = 'org_usd'"
+            " AND period_start = :p"), {"p": OCT}).one()
+    credit_notes.issue(october, number, reason="October was billed wrongly", actor="t",
+                       amount_minor=total - total // 100)  # 44.00 USD -> 0.44 USD
+    drafts.build_drafts(october, NOV, "cli:test")
+    assert "org_usd" in sql_checks(october, NOV)[checks.TOTAL_JUMP].organisations

@@ -69,20 +69,24 @@ class DunningResult:
         return counts
 
 
-def payment_intent_params(attempt: dict) -> dict:
-    """The PaymentIntent of an attempt, from its stored row only (a repeat must be the same request)."""
+def payment_intent_params(
+    attempt: dict, *, description: str | None = None, key_field: str = "dunning_key"
+) -> dict:
+    """The PaymentIntent of an attempt, from its stored row only (a repeat must be the same request).
+
+    Also the first collection's (payments/collection.py): its own description, its key under `key_field`."""
     return {
         "amount": int(attempt["amount_minor"]),
         "currency": attempt["currency"].strip().lower(),
         "customer": attempt["provider_customer_id"],
         "confirm": True,
         "off_session": True,
-        "description": f"Invoice {attempt['number']}: payment retry {attempt['attempt']}",
+        "description": description or f"Invoice {attempt['number']}: payment retry {attempt['attempt']}",
         "metadata": {
             "invoice_id": str(attempt["invoice_id"]),
             "invoice_number": attempt["number"],
             "organisation_id": attempt["organisation_id"],
-            "dunning_key": attempt["idempotency_key"],
+            key_field: attempt["idempotency_key"],
         },
     }
 
@@ -215,14 +219,20 @@ def _pending_row(attempt: dict, error_code: str | None = None, error_message: st
     }
 
 
-def _charge(client: stripe.StripeClient, attempt: dict, now: datetime) -> _Outcome:
+def _charge(
+    client: stripe.StripeClient, attempt: dict, now: datetime, *, params: dict | None = None,
+    key_field: str = "dunning_key",
+) -> _Outcome:
+    """Send (or, past KEY_TTL, first look up) the attempt's PaymentIntent; `params` and `key_field` let the
+    first collection (payments/collection.py) send its own request through the same path."""
     row = _pending_row(attempt)
     action = f"charging invoice {attempt['number']} ({attempt['idempotency_key']})"
     try:
-        intent = _find_intent(client, attempt) if now - attempt["claimed_at"] >= KEY_TTL else None
+        intent = _find_intent(client, attempt, key_field) if now - attempt["claimed_at"] >= KEY_TTL else None
         if intent is None:
             intent = retry.call("stripe", action, lambda: client.v1.payment_intents.create(
-                params=payment_intent_params(attempt), options={"idempotency_key": attempt["idempotency_key"]}
+                params=params or payment_intent_params(attempt),
+                options={"idempotency_key": attempt["idempotency_key"]},
             )).to_dict()
         row["provider_object_id"] = intent["id"]
         if intent["status"] == "succeeded":
@@ -267,7 +277,7 @@ def _charge(client: stripe.StripeClient, attempt: dict, now: datetime) -> _Outco
     return _Outcome(row)
 
 
-def _find_intent(client: stripe.StripeClient, attempt: dict) -> dict | None:
+def _find_intent(client: stripe.StripeClient, attempt: dict, key_field: str = "dunning_key") -> dict | None:
     """The PaymentIntent created for the attempt, if any (its key is in the metadata)."""
     since = int((attempt["claimed_at"] - timedelta(hours=1)).timestamp())
     params = {"customer": attempt["provider_customer_id"], "created": {"gte": since}, "limit": 100}
@@ -276,7 +286,7 @@ def _find_intent(client: stripe.StripeClient, attempt: dict) -> dict | None:
                           lambda: client.v1.payment_intents.list(params=dict(params)))
         for intent in page.data:
             data = intent.to_dict()
-            if (data.get("metadata") or {}).get("dunning_key") == attempt["idempotency_key"]:
+            if (data.get("metadata") or {}).get(key_field) == attempt["idempotency_key"]:
                 return data
         if not page.has_more or not page.data:
             return None

@@ -30,6 +30,9 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # unpartitioned assets (the webhook inbox applied to payments and calls) run first, so that call
 # reconciliation finds only the calls whose webhook never came.
 _RUN_ORDER = (None, "hourly", "daily", "monthly")
+# Collection runs last: after the month's webhook payments settled and the corrections (demo/collection.py),
+# so that it collects what is still due.
+COLLECTION = dg.AssetKey("payment_collection")
 
 
 class Failed(str):
@@ -105,6 +108,7 @@ def materialize_month(
     """Every asset for the month: one run per partitions definition, in dependency order."""
     summaries = []
     by_kind = asset_keys_by_partitioning()
+    by_kind["monthly"] = [k for k in by_kind.get("monthly", []) if k != COLLECTION]  # after the payments
     for kind in _RUN_ORDER:
         if by_kind.get(kind):
             summaries.append(
@@ -220,4 +224,12 @@ def run_demo(settings: Settings, month: date | None, events: int, on_step: Calla
                 f" {payments.days[0]} .. {payments.days[-1]}, with {len(payments.expected)} injected discrepancies"
             )
             runs += settle_payments(payments.days, on_step)
+        if all(r.success for r in runs):
+            from billing_pipeline.demo import collection
+
+            collection.correct(engine, providers.stripe, month, on_step)
+            span = _range_for("monthly", month, last_received)
+            runs.append(run_assets("payment_collection", [COLLECTION], span, on_step))
+            states = collection.collection_states(engine, month)
+            on_step("collection: " + ", ".join(f"{n} {state}" for state, n in states.items()))
     return {"month": month, "runs": runs, "counts": table_counts(settings)}

@@ -31,6 +31,12 @@ KINDS: dict[str, tuple[str, str, frozenset[str]]] = {
     "orders": ("order", "order", frozenset({"receipt", "authorized"})),
     "refunds": ("rfnd", "refund", frozenset()),
     "settlements": ("setl", "settlement", frozenset()),
+    "payment_links": ("plink", "payment_link", frozenset()),  # listed by list_payment_links, not from/to
+}
+_LINK_CREATE_FIELDS = {
+    "amount", "currency", "accept_partial", "first_min_partial_amount", "expire_by", "reference_id",
+    "description", "customer", "notify", "reminder_enable", "notes", "callback_url", "callback_method",
+    "upi_link",
 }
 
 
@@ -171,6 +177,104 @@ class FakeRazorpayState:
             "created_at": _now(created_at),
         })
 
+    # -- payment links (https://razorpay.com/docs/api/payments/payment-links/) ----------------------
+    def create_payment_link(self, body: dict) -> dict:
+        """POST /v1/payment_links: a Standard Payment Link; `reference_id` must be unique among links."""
+        for key in body:
+            if key not in _LINK_CREATE_FIELDS:
+                raise RazorpayApiError(400, f"{key} is/are not required and should not be sent", field=key)
+        amount = body.get("amount")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 100:
+            raise RazorpayApiError(400, "The amount must be atleast INR 1.00", field="amount")
+        now = _now(None)
+        expire_by = body.get("expire_by")
+        if expire_by is not None and (not isinstance(expire_by, int) or expire_by <= now + 15 * 60):
+            raise RazorpayApiError(400, "expire_by should be at least 15 minutes after current time",
+                                   field="expire_by")
+        ref = body.get("reference_id")
+        with self._lock:
+            if ref and any(l["reference_id"] == ref for l in self._objects["payment_links"].values()):
+                raise RazorpayApiError(400, f"payment link with given reference_id {ref} already exists",
+                                       field="reference_id")
+            self._seq += 1
+            link_id = f"plink_FAKE{self._seq:010d}"
+            return self._put("payment_links", {
+                "id": link_id, "entity": "payment_link", "amount": amount, "amount_paid": 0,
+                "currency": str(body.get("currency") or "INR").upper(),
+                "accept_partial": bool(body.get("accept_partial", False)),
+                "first_min_partial_amount": body.get("first_min_partial_amount", 0),
+                "description": body.get("description"), "customer": body.get("customer") or {},
+                "notify": body.get("notify") or {"email": False, "sms": False},
+                "reminder_enable": bool(body.get("reminder_enable", False)),
+                "notes": dict(body.get("notes") or {}),
+                "reference_id": ref or "", "expire_by": expire_by or now + 180 * 86400, "expired_at": 0,
+                "cancelled_at": 0, "status": "created", "payments": None, "upi_link": False,
+                "callback_url": body.get("callback_url", ""),
+                "callback_method": body.get("callback_method", ""),
+                "short_url": f"https://rzp.io/i/{link_id[-10:]}", "user_id": "",
+                "created_at": now, "updated_at": now,
+            })
+
+    def list_payment_links(self, params: dict[str, str]) -> dict:
+        """GET /v1/payment_links: `{"payment_links": [...]}`, filtered by reference_id or payment_id."""
+        for key in params:
+            if key not in ("reference_id", "payment_id"):
+                raise RazorpayApiError(400, f"{key} is/are not required and should not be sent", field=key)
+        with self._lock:
+            links = [_wire(l) for l in sorted(self._objects["payment_links"].values(),
+                                              key=lambda l: (l["created_at"], l["id"]), reverse=True)
+                     if l["reference_id"] == params.get("reference_id", l["reference_id"])
+                     and (not params.get("payment_id")
+                          or any(p["payment_id"] == params["payment_id"] for p in l["payments"] or []))]
+        return {"payment_links": links}
+
+    def pay_link(self, link_id: str, *, method: str = "upi", created_at: int | None = None) -> dict:
+        """The customer pays the link in full: an order (with the link's notes and its reference_id as
+        receipt), a captured payment, the link `paid`. Returns the `payment_link.paid` webhook body."""
+        with self._lock:
+            link = self._objects["payment_links"][link_id]
+            if link["status"] != "created":
+                raise ValueError(f"payment link {link_id} is {link['status']}")
+            due = link["amount"] - link["amount_paid"]
+            order = self.add_order(due, link["currency"], receipt=link["reference_id"], notes=link["notes"],
+                                   created_at=created_at)
+            payment = self.add_payment(due, link["currency"], order_id=order["id"], method=method,
+                                       created_at=created_at, description=f"#{link_id[6:]}")
+            link["amount_paid"] += due
+            link["status"] = "paid"
+            link["updated_at"] = payment["created_at"]
+            link["payments"] = [{"amount": due, "created_at": payment["created_at"], "method": method,
+                                 "payment_id": payment["id"], "plink_id": link_id, "status": "captured",
+                                 "updated_at": payment["created_at"]}]
+            return webhook_event("payment_link.paid", created_at=payment["created_at"],
+                                 payment_link=_wire(link), order=self.get("orders", order["id"]),
+                                 payment=self.get("payments", payment["id"]))
+
+    def create_refund(self, payment_id: str, body: dict) -> dict:
+        """POST /v1/payments/:id/refund (amount optional: the rest of the payment)."""
+        with self._lock:
+            payment = self._objects["payments"].get(payment_id)
+            if payment is None:
+                raise RazorpayApiError(400, "The id provided does not exist", field="id")
+            left = payment["amount"] - payment["amount_refunded"]
+            amount = body.get("amount", left)
+            if not payment["captured"]:
+                raise RazorpayApiError(400, "The payment has not been captured")
+            if isinstance(amount, bool) or not isinstance(amount, int) or not 100 <= amount <= left:
+                raise RazorpayApiError(400, "The refund amount provided is greater than amount captured"
+                                       if isinstance(amount, int) and amount > left
+                                       else "The amount must be atleast INR 1.00", field="amount")
+            refund = self.add_refund(payment_id, amount, notes=body.get("notes"))
+            if body.get("receipt"):
+                self._objects["refunds"][refund["id"]]["receipt"] = body["receipt"]
+            return self.get("refunds", refund["id"])
+
+    def refunds_of(self, payment_id: str) -> dict:
+        """GET /v1/payments/:id/refunds."""
+        with self._lock:
+            items = [_wire(r) for r in self._objects["refunds"].values() if r["payment_id"] == payment_id]
+        return {"entity": "collection", "count": len(items), "items": items}
+
     # -- API operations ----------------------------------------------------------------------------
     def list_page(self, kind: str, params: dict[str, str]) -> dict:
         filters = KINDS[kind][2]
@@ -216,6 +320,17 @@ def _int_param(name: str, value: str) -> int:
         raise RazorpayApiError(400, f"The {name} must be an integer.", field=name) from None
 
 
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise RazorpayApiError(400, "The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RazorpayApiError(400, "The request body must be a JSON object")
+    return body
+
+
 def create_app(state: FakeRazorpayState) -> FastAPI:
     """The FAKE Razorpay API over `state`; serve it with `fakes.server.serve_in_thread`."""
     app = FastAPI(title="FAKE Razorpay API (tests and demo only)", openapi_url=None, docs_url=None)
@@ -236,6 +351,16 @@ def create_app(state: FakeRazorpayState) -> FastAPI:
             if (key_id, key_secret) not in state.credentials:
                 raise RazorpayApiError(401, "Authentication failed")
             parts = path.strip("/").split("/")
+            if parts[:2] == ["v1", "payment_links"] and len(parts) == 2:
+                if request.method == "POST":
+                    return JSONResponse(state.create_payment_link(await _json_body(request)))
+                if request.method == "GET":
+                    return JSONResponse(state.list_payment_links(params))
+            if parts[:2] == ["v1", "payments"] and len(parts) == 4:
+                if parts[3] == "refund" and request.method == "POST":
+                    return JSONResponse(state.create_refund(parts[2], await _json_body(request)))
+                if parts[3] == "refunds" and request.method == "GET":
+                    return JSONResponse(state.refunds_of(parts[2]))
             if request.method == "GET" and len(parts) in (2, 3) and parts[0] == "v1" and parts[1] in KINDS:
                 if len(parts) == 2:
                     return JSONResponse(state.list_page(parts[1], params))

@@ -40,6 +40,14 @@ _PI_CREATE_PARAMS = {
     "receipt_email", "statement_descriptor", "setup_future_usage", "capture_method",
 }
 _PI_CREATE_PREFIXES = ("metadata[", "expand[", "payment_method_types[", "automatic_payment_methods[")
+# Stripe's test PaymentMethods that decline (https://docs.stripe.com/testing#declined-payments)
+DECLINING_PAYMENT_METHODS = {
+    "pm_card_chargeDeclined": "generic_decline",
+    "pm_card_visa_chargeDeclined": "generic_decline",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+    "pm_card_chargeDeclinedExpiredCard": "expired_card",
+}
+_REFUND_CREATE_PARAMS = {"charge", "payment_intent", "amount", "reason"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class FakeStripeState:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
         self._objects: dict[str, dict[str, dict]] = {kind: {} for kind in KINDS}
-        self._idempotency: dict[str, tuple[list, int, dict]] = {}
+        self._idempotency: dict[str, tuple[str, list, int, dict]] = {}
         self._seq = 0
         self._fail_next: list[int] = []
 
@@ -251,26 +259,71 @@ class FakeStripeState:
                 page, has_more = rows[:limit], len(rows) > limit
             return {"object": "list", "data": copy.deepcopy(page), "has_more": has_more, "url": f"/v1/{kind}"}
 
-    def create_payment_intent(self, params: dict[str, str],
-                              idempotency_key: str | None) -> tuple[int, dict, bool]:
-        """POST /v1/payment_intents -> (status, body, replayed); a repeated Idempotency-Key replays the
-        first result and never creates a second object."""
+    def idempotent(self, path: str, params: dict[str, str], idempotency_key: str | None,
+                   create) -> tuple[int, dict, bool]:
+        """A POST under Stripe's idempotency layer -> (status, body, replayed): the same key with the same
+        endpoint and parameters replays the first answer (errors included) and never creates a second
+        object; the same key with another endpoint or other parameters is an `idempotency_error` (400).
+        A request that fails validation is not saved (https://docs.stripe.com/api/idempotent_requests)."""
         signature = sorted(params.items())
         with self._lock:
             if idempotency_key and idempotency_key in self._idempotency:
-                first_params, status, body = self._idempotency[idempotency_key]
-                if first_params != signature:
+                first_path, first_params, status, body = self._idempotency[idempotency_key]
+                if (first_path, first_params) != (path, signature):
                     raise StripeApiError(400, "Keys for idempotent requests can only be used with the same "
-                                              "parameters they were first used with.",
-                                         type_="idempotency_error")
+                                              "parameters they were first used with. Try using a key other "
+                                              f"than '{idempotency_key}' if you meant to execute a different "
+                                              "request.", type_="idempotency_error")
                 return status, copy.deepcopy(body), True
             try:
-                status, body = 200, self._create_payment_intent(params)
+                status, body = 200, create(params)
             except StripeApiError as exc:
                 status, body = exc.status, exc.body
+                if exc.body["error"]["type"] == "invalid_request_error":
+                    return status, body, False
             if idempotency_key:
-                self._idempotency[idempotency_key] = (signature, status, copy.deepcopy(body))
+                self._idempotency[idempotency_key] = (path, signature, status, copy.deepcopy(body))
             return status, body, False
+
+    def create_payment_intent(self, params: dict[str, str],
+                              idempotency_key: str | None) -> tuple[int, dict, bool]:
+        """POST /v1/payment_intents -> (status, body, replayed)."""
+        return self.idempotent("/v1/payment_intents", params, idempotency_key, self._create_payment_intent)
+
+    def create_refund(self, params: dict[str, str], idempotency_key: str | None) -> tuple[int, dict, bool]:
+        """POST /v1/refunds -> (status, body, replayed)."""
+        return self.idempotent("/v1/refunds", params, idempotency_key, self._create_refund)
+
+    def _create_refund(self, params: dict[str, str]) -> dict:
+        for key in params:
+            if key not in _REFUND_CREATE_PARAMS and not key.startswith(("metadata[", "expand[")):
+                raise StripeApiError(400, f"Received unknown parameter: {key}", param=key)
+        charge_id = params.get("charge")
+        if not charge_id and params.get("payment_intent"):
+            intent = self._objects["payment_intents"].get(params["payment_intent"])
+            if intent is None:
+                raise StripeApiError(400, f"No such payment_intent: '{params['payment_intent']}'",
+                                     code="resource_missing", param="payment_intent")
+            charge_id = intent["latest_charge"]
+        if not charge_id:
+            raise StripeApiError(400, "One of the following params should be provided for this request: "
+                                      "payment_intent or charge.", code="parameter_missing")
+        charge = self._objects["charges"].get(charge_id)
+        if charge is None:
+            raise StripeApiError(400, f"No such charge: '{charge_id}'", code="resource_missing",
+                                 param="charge")
+        left = charge["amount_captured"] - charge["amount_refunded"]
+        amount = _int_param("amount", params["amount"]) if "amount" in params else left
+        if amount > left:
+            raise StripeApiError(400, f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                                      f"({left})", code="amount_too_large", param="amount")
+        if amount < 1:
+            raise StripeApiError(400, "This value must be greater than or equal to 1.", param="amount")
+        metadata = {k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")}
+        refund = self.add_refund(charge_id, amount, metadata=metadata, reason=params.get("reason"))
+        self.add_event("charge.refunded", self.get("charges", charge_id), created=refund["created"])
+        self.add_event("refund.created", refund, created=refund["created"])
+        return refund
 
     def _create_payment_intent(self, params: dict[str, str]) -> dict:
         for key in params:
@@ -287,8 +340,11 @@ class FakeStripeState:
         customer, currency = params.get("customer"), params["currency"]
         confirm = params.get("confirm") == "true"
         status = "requires_payment_method"
+        decline_code = DECLINING_PAYMENT_METHODS.get(params.get("payment_method", ""))
+        if customer in self.declined_customers:
+            decline_code = "insufficient_funds"
         if confirm:
-            status = "requires_payment_method" if customer in self.declined_customers else "succeeded"
+            status = "requires_payment_method" if decline_code else "succeeded"
         pi = self.add_payment_intent(amount, currency, customer=customer, status=status, metadata=metadata,
                                      description=params.get("description"))
         self.add_event("payment_intent.created", pi, created=pi["created"])
@@ -302,17 +358,24 @@ class FakeStripeState:
         stored["latest_charge"] = charge["id"]
         if not ok:
             stored["last_payment_error"] = {"type": "card_error", "code": "card_declined",
-                                            "decline_code": "insufficient_funds", "charge": charge["id"],
-                                            "message": "Your card has insufficient funds."}
+                                            "decline_code": decline_code, "charge": charge["id"],
+                                            "message": _DECLINE_MESSAGES[decline_code]}
         pi = copy.deepcopy(stored)
         self.add_event(f"charge.{charge['status']}", charge, created=pi["created"])
         self.add_event("payment_intent.succeeded" if ok else "payment_intent.payment_failed", pi,
                        created=pi["created"])
         if not ok:
-            raise StripeApiError(402, "Your card has insufficient funds.", type_="card_error",
-                                 code="card_declined", decline_code="insufficient_funds", charge=charge["id"],
+            raise StripeApiError(402, _DECLINE_MESSAGES[decline_code], type_="card_error",
+                                 code="card_declined", decline_code=decline_code, charge=charge["id"],
                                  payment_intent=pi)
         return pi
+
+
+_DECLINE_MESSAGES = {
+    "generic_decline": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "expired_card": "Your card has expired.",
+}
 
 
 def _order_key(obj: dict) -> tuple[int, str]:
@@ -362,6 +425,11 @@ def create_app(state: FakeStripeState) -> FastAPI:
                     return JSONResponse(obj)
                 if len(parts) == 2 and request.method == "POST" and kind == "payment_intents":
                     status, body, replayed = state.create_payment_intent(
+                        params, request.headers.get("idempotency-key"))
+                    return JSONResponse(body, status_code=status,
+                                        headers={"Idempotent-Replayed": "true"} if replayed else {})
+                if len(parts) == 2 and request.method == "POST" and kind == "refunds":
+                    status, body, replayed = state.create_refund(
                         params, request.headers.get("idempotency-key"))
                     return JSONResponse(body, status_code=status,
                                         headers={"Idempotent-Replayed": "true"} if replayed else {})

@@ -11,7 +11,7 @@ invoice_app = typer.Typer(no_args_is_help=True)
 
 @invoice_app.callback()
 def invoice() -> None:
-    """Monthly invoices: preview what an organisation would be billed."""
+    """Monthly invoices: preview what an organisation would be billed; credit notes and voids."""
 
 
 @invoice_app.command("preview")
@@ -36,3 +36,163 @@ def preview(
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
     typer.echo(render_json(result) if as_json else render_text(result))
+
+
+def _invoice_currency(engine, number: str) -> str:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        currency = conn.execute(
+            sa.text("SELECT currency FROM billing.invoices WHERE number = :n"), {"n": number}
+        ).scalar_one_or_none()
+    if currency is None:
+        typer.echo(f"error: no invoice {number}", err=True)
+        raise typer.Exit(1)
+    return currency
+
+
+@invoice_app.command("credit")
+def credit(
+    number: str = typer.Argument(..., help="The finalized invoice's number, e.g. INV-2026-000001."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept on the credit note and in the audit log)."),
+    line: list[int] = typer.Option(None, "--line", help="Credit this invoice line (repeatable); with tax."),
+    amount: str = typer.Option(None, "--amount", help="Credit this amount in the invoice's currency (12.34)."),
+    refund: str = typer.Option(
+        None, "--refund", help="What was paid goes back: 'provider' (the payment's provider) or 'wallet'."
+    ),
+    actor: str = typer.Option(None, "--actor", help="Who (audit log); default cli:<user>."),
+) -> None:
+    """Issue a credit note against a finalized invoice: the whole invoice (default), chosen lines, or an
+    amount. It lowers what is due; what was already paid is refunded as --refund says."""
+    from decimal import Decimal, InvalidOperation
+
+    from billing_pipeline.audit import cli_actor
+    from billing_pipeline.invoicing import credit_notes
+    from billing_pipeline.money import from_minor, to_minor
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    settings = load_settings()
+    engine = get_engine(settings)
+    who = actor or cli_actor()
+    minor = None
+    currency = _invoice_currency(engine, number)
+    if amount is not None:
+        try:
+            value = Decimal(amount)
+            minor = to_minor(value, currency)
+        except (InvalidOperation, ValueError):
+            raise typer.BadParameter(f"{amount!r} is not an amount", param_hint="--amount") from None
+        if from_minor(minor, currency) != value:
+            raise typer.BadParameter(
+                f"{amount} has more decimals than {currency} allows", param_hint="--amount"
+            )
+    try:
+        note = credit_notes.issue(engine, number, reason=reason, actor=who, line_ids=line or None,
+                                  amount_minor=minor, refund=refund)
+    except credit_notes.CreditNoteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    via = f" via {note.refund_method}" if note.refund_method else ""
+    typer.echo(
+        f"{note.number}: {from_minor(note.amount_minor, currency)} {currency} credited on {number} "
+        f"({from_minor(note.applied_minor, currency)} off the amount due, "
+        f"{from_minor(note.refund_minor, currency)} refunded{via})"
+    )
+    if note.refund and note.refund["status"] == "pending":
+        clients = _provider_clients(settings)
+        (sent,) = credit_notes.send_refunds(
+            engine, stripe_client=clients["stripe"], razorpay_client=clients["razorpay"], actor=who,
+            credit_note_id=note.credit_note_id,
+        ) or [{"status": "pending", "error_message": "not sent"}]
+        error = f": {sent['error_message']}" if sent.get("error_message") else ""
+        typer.echo(f"refund {sent['status']}{error}")
+        if sent["status"] == "failed":
+            raise typer.Exit(1)
+
+
+def _provider_clients(settings) -> dict:
+    from billing_pipeline.payments import sync
+
+    clients = {}
+    for name, make in (("stripe", sync.stripe_client), ("razorpay", sync.razorpay_client)):
+        try:
+            clients[name] = make(settings)
+        except sync.SyncNotConfigured:
+            clients[name] = None
+    return clients
+
+
+@invoice_app.command("send-refunds")
+def send_refunds(
+    actor: str = typer.Option(None, "--actor", help="Who (audit log); default cli:<user>."),
+) -> None:
+    """Send again every credit-note refund still pending (a run stopped between the provider call and its
+    recording): the same request with the same idempotency key, so the provider refunds once."""
+    from billing_pipeline.audit import cli_actor
+    from billing_pipeline.invoicing import credit_notes
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    settings = load_settings()
+    clients = _provider_clients(settings)
+    sent = credit_notes.send_refunds(
+        get_engine(settings), stripe_client=clients["stripe"], razorpay_client=clients["razorpay"],
+        actor=actor or cli_actor(),
+    )
+    for row in sent:
+        typer.echo(f"refund {row['refund_id']} (credit note {row['credit_note_id']}): {row['status']}"
+                   + (f" ({row['error_message']})" if row.get("error_message") else ""))
+    typer.echo(f"{len(sent)} pending refunds sent")
+    if any(r["status"] == "failed" for r in sent):
+        raise typer.Exit(1)
+
+
+@invoice_app.command("void")
+def void(
+    number: str = typer.Argument(..., help="The finalized, unpaid invoice's number."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept with the void and in the audit log)."),
+    replace: bool = typer.Option(False, "--replace", help="Issue a replacement invoice with the same lines."),
+    actor: str = typer.Option(None, "--actor", help="Who (audit log); default cli:<user>."),
+) -> None:
+    """Void a finalized, unpaid invoice: its number stays used, its late usage becomes billable again."""
+    from billing_pipeline.audit import cli_actor
+    from billing_pipeline.invoicing import voids
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    try:
+        result = voids.void_invoice(
+            get_engine(load_settings()), number, reason=reason, actor=actor or cli_actor(), replace=replace
+        )
+    except voids.VoidError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{number} void ({result.events_released} late events billable again)"
+               + (f"; replaced by {result.replacement_number}" if result.replacement_number else ""))
+
+
+@invoice_app.command("export")
+def export(
+    month: str = typer.Option(..., "--month", help="YYYY-MM."),
+    out: str = typer.Option("-", "--out", help="CSV file to write; '-' (default) for standard output."),
+) -> None:
+    """The month's invoices (finalized and void) and credit notes as CSV, with credited, refunded, paid and
+    due amounts in minor units."""
+    import sys
+
+    from billing_pipeline.invoicing import exports, periods
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    try:
+        period_start = periods.parse_month(month)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--month") from None
+    rows = exports.month_documents(get_engine(load_settings()), period_start)
+    if out == "-":
+        exports.write_csv(rows, sys.stdout)
+    else:
+        with open(out, "w", encoding="utf-8", newline="") as handle:
+            exports.write_csv(rows, handle)
+        typer.echo(f"{len(rows)} documents written to {out}")

@@ -8,7 +8,7 @@ nothing is written, nothing is locked.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 
 import sqlalchemy as sa
@@ -27,6 +27,34 @@ class Preview:
     would_be_drafted: bool = True
     month_closed_at: datetime | None = None
     finalized_number: str | None = None
+    # a closed month: its invoices (void ones too) and their credit notes, as finance sees them now
+    invoices: list[dict] = field(default_factory=list)
+    credit_notes: list[dict] = field(default_factory=list)
+
+
+_ISSUED = sa.text("""
+    SELECT i.invoice_id, i.number, i.status, i.currency, i.total_minor,
+           COALESCE(b.credited_minor, 0) AS credited_minor, COALESCE(b.refunded_minor, 0) AS refunded_minor,
+           COALESCE(b.paid_minor, 0) AS paid_minor, COALESCE(b.balance_minor, 0) AS due_minor,
+           v.reason AS void_reason, r.number AS replaced_by
+    FROM billing.invoices i
+    LEFT JOIN billing.invoice_balances b ON b.invoice_id = i.invoice_id
+    LEFT JOIN billing.invoice_voids v ON v.invoice_id = i.invoice_id
+    LEFT JOIN billing.invoice_replacements x ON x.voided_invoice_id = i.invoice_id
+    LEFT JOIN billing.invoices r ON r.invoice_id = x.replacement_invoice_id
+    WHERE i.organisation_id = :o AND i.period_start = :p AND i.status <> 'draft'
+    ORDER BY i.invoice_id
+""")
+
+_CREDIT_NOTES = sa.text("""
+    SELECT c.number, i.number AS invoice_number, c.amount_minor, c.applied_minor, c.refund_minor,
+           c.refund_method, c.currency, c.reason, c.issued_at, r.status AS refund_status
+    FROM billing.credit_notes c
+    JOIN billing.invoices i ON i.invoice_id = c.invoice_id
+    LEFT JOIN billing.refunds r ON r.credit_note_id = c.credit_note_id
+    WHERE i.organisation_id = :o AND i.period_start = :p
+    ORDER BY c.credit_note_id
+""")
 
 
 def preview_invoice(engine: Engine, organisation_id: str, period_start: date) -> Preview:
@@ -46,7 +74,12 @@ def preview_invoice(engine: Engine, organisation_id: str, period_start: date) ->
                 ),
                 {"o": organisation_id, "p": period_start},
             ).scalar_one_or_none()
-            return Preview(organisation_id, period_start, None, False, closed, number)
+            params = {"o": organisation_id, "p": period_start}
+            return Preview(
+                organisation_id, period_start, None, False, closed, number,
+                [dict(r) for r in conn.execute(_ISSUED, params).mappings()],
+                [dict(r) for r in conn.execute(_CREDIT_NOTES, params).mappings()],
+            )
         org = inputs.organisations[0]
         usage = {metric: used for (_, metric), used in inputs.usage.items()}
         late = inputs.late.get(organisation_id, [])
@@ -65,10 +98,28 @@ def render_text(preview: Preview) -> str:
     month = periods.label(preview.period_start)
     if preview.draft is None:
         invoice = f"invoice {preview.finalized_number}" if preview.finalized_number else "no invoice for it"
-        return (
+        out = [
             f"{month} was closed at {preview.month_closed_at:%Y-%m-%d %H:%M} UTC ({invoice}); usage of it that"
             f" arrives now is billed as late usage on {preview.organisation_id}'s next invoice."
-        )
+        ]
+        for i in preview.invoices:
+            c = i["currency"]
+            if i["status"] == "void":
+                out.append(f"  {i['number']}: void ({i['void_reason']})"
+                           + (f", replaced by {i['replaced_by']}" if i["replaced_by"] else ""))
+            else:
+                out.append(f"  {i['number']}: total {_money(i['total_minor'], c)}"
+                           f", credited {_money(i['credited_minor'], c)}, refunded {_money(i['refunded_minor'], c)}, paid {_money(i['paid_minor'], c)}"
+                           f", due {_money(i['due_minor'], c)}")
+        for n in preview.credit_notes:
+            c = n["currency"]
+            refund = (
+                f", {_money(n['refund_minor'], c)} refunded via {n['refund_method']} ({n['refund_status']})"
+                if n["refund_minor"] else ""
+            )
+            out.append(f"  credit note {n['number']} on {n['invoice_number']}: {_money(n['amount_minor'], c)}"
+                       f" ({n['reason']}){refund}")
+        return "\n".join(out)
     d = preview.draft
     out = [
         f"Invoice preview for {d.organisation_id}, {month} so far (plan {d.plan_code} v{d.plan_version},"

@@ -58,7 +58,10 @@ _INVOICES = sa.text("""
     SELECT i.invoice_id, i.number, i.organisation_id, i.currency, i.total_minor, o.provider,
            o.provider_customer_id
     FROM billing.invoices i JOIN billing.organisations o USING (organisation_id)
-    WHERE i.status = 'finalized' AND i.period_start = :month AND o.provider IN ('stripe', 'razorpay')
+    WHERE i.period_start = :month AND o.provider IN ('stripe', 'razorpay')
+      -- the month as finalized: a void the demo made later keeps its place, its replacement gets none
+      AND (i.status = 'void' OR (i.status = 'finalized' AND NOT EXISTS (
+          SELECT 1 FROM billing.invoice_replacements r WHERE r.replacement_invoice_id = i.invoice_id)))
       AND i.total_minor >= 100
     ORDER BY i.number
 """)

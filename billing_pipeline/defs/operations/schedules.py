@@ -128,7 +128,10 @@ USAGE_JOB = "usage_job"
 daily_reconciliation_job = _job(
     "daily_reconciliation_job",
     dg.AssetSelection.assets("event_reconciliation", "edge_retention")
-    | (dg.AssetSelection.groups("payments", "calls") - dg.AssetSelection.assets("payments", "calls")),
+    | (
+        dg.AssetSelection.groups("payments", "calls")
+        - dg.AssetSelection.assets("payments", "calls", "payment_collection")  # monthly: with the invoices
+    ),
     "Sync the day from Stripe, Razorpay and Vapi, settle invoices, and reconcile events, payments and calls.",
 )
 daily_accounts_job = _job(
@@ -138,8 +141,8 @@ daily_accounts_job = _job(
 )
 monthly_invoicing_job = _job(
     "monthly_invoicing_job",
-    dg.AssetSelection.groups("invoicing"),
-    "Draft the month's invoices, check them, and finalize them if every blocking check passed.",
+    dg.AssetSelection.groups("invoicing") | dg.AssetSelection.assets("payment_collection"),
+    "Draft the month's invoices, check them, finalize them if every blocking check passed, and collect them.",
 )
 
 webhook_inbox_job = _job(

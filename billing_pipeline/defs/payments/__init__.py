@@ -15,6 +15,7 @@ from billing_pipeline.defs.payments.assets import (
     razorpay_sync,
     stripe_sync,
 )
+from billing_pipeline.defs.payments.collection import payment_collection
 
 payments_daily_job = dg.define_asset_job(
     "payments_daily_job",
@@ -27,7 +28,9 @@ payments_daily_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[payments, stripe_sync, razorpay_sync, invoice_settlement, payment_reconciliation],
+    assets=[
+        payment_collection, payments, stripe_sync, razorpay_sync, invoice_settlement, payment_reconciliation
+    ],
     asset_checks=[no_dead_letters_waiting],
     jobs=[payments_daily_job],
 )

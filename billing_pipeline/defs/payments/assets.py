@@ -10,7 +10,7 @@ from billing_pipeline.payments import handlers, inbox, reconciliation, settlemen
 GROUP = "payments"
 
 
-@dg.asset(group_name=GROUP, kinds={"postgres"})
+@dg.asset(group_name=GROUP, deps=["payment_collection"], kinds={"postgres"})
 def payments(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, alerts: AlertResource
 ) -> dg.MaterializeResult:

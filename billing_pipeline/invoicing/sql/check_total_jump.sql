@@ -1,10 +1,12 @@
 -- total_jump (warn): a draft whose total is more than :factor times, or less than 1/:factor of, the
--- average of the organisation's last :history finalized invoices in the same currency.
+-- average of the organisation's last :history finalized invoices in the same currency, each as billed
+-- after its credit notes (void invoices are not history: a replacement, if any, is).
 WITH history AS (
-    SELECT organisation_id, currency, total_minor,
-           row_number() OVER (PARTITION BY organisation_id, currency ORDER BY period_start DESC) AS n
-    FROM billing.invoices
-    WHERE status = 'finalized' AND period_start < :period_start
+    SELECT i.organisation_id, i.currency, i.total_minor - COALESCE(c.credited_minor, 0) AS total_minor,
+           row_number() OVER (PARTITION BY i.organisation_id, i.currency ORDER BY i.period_start DESC) AS n
+    FROM billing.invoices i
+    LEFT JOIN billing.invoice_credits c ON c.invoice_id = i.invoice_id
+    WHERE i.status = 'finalized' AND i.period_start < :period_start
 ),
 baseline AS (
     SELECT organisation_id, currency, avg(total_minor) AS average, count(*) AS invoices

@@ -11,11 +11,17 @@ WITH money_in AS (
     SELECT p.payment_id, p.currency, p.provider_created_at,
            COALESCE(p.organisation_id, parent.organisation_id) AS organisation_id,
            COALESCE(p.invoice_ref, parent.invoice_ref) AS invoice_ref,
+           -- a refund that a credit note made is not taken off the payment: the credit note already
+           -- lowered what the invoice asks for (billing.invoice_balances)
            CASE WHEN p.status IN ('captured', 'partially_refunded', 'refunded')
-                THEN p.amount_minor - LEAST(p.amount_refunded_minor, p.amount_minor) ELSE 0 END AS net_minor
+                THEN p.amount_minor - LEAST(GREATEST(p.amount_refunded_minor - COALESCE(cn.refunded_minor, 0), 0),
+                                            p.amount_minor) ELSE 0 END AS net_minor
     FROM billing.payments p
     LEFT JOIN billing.payments parent
            ON parent.provider = p.provider AND parent.object_id = p.parent_object_id
+    LEFT JOIN (SELECT payment_id, sum(amount_minor) AS refunded_minor FROM billing.refunds
+               WHERE payment_id IS NOT NULL AND status <> 'failed' GROUP BY payment_id) cn
+           ON cn.payment_id = p.payment_id
     WHERE (p.provider = 'stripe' AND p.object_type = 'charge')
        OR (p.provider = 'razorpay' AND p.object_type = 'payment')
 ),
