@@ -511,3 +511,55 @@ def test_backfill_of_a_range_is_one_dagster_run(wh, edge, tmp_path):
     assert rows_of(wh, "SELECT count(*) FROM billing.events") == [(500,)]
     mats = instance.fetch_materializations(dg.AssetKey("warehouse_events"), limit=1000).records
     assert len({m.partition_key for m in mats}) == 48  # every hour of the range, in one run each time
+
+
+def test_a_clean_move_with_a_row_of_every_quarantine_reason_reconciles_without_a_mismatch(wh, edge):
+    """Every quarantined row is counted where the edge counts it (its received hour, from the raw text
+    when it does not parse), so a fully conserved day reports nothing. Each reason once, beside good rows."""
+    day_before = T0 - timedelta(days=2)
+    edge_store.insert_events(edge, [event("dup", quantity="1", occurred=day_before)])
+    move(wh, edge)
+    edge.execute("DELETE FROM events WHERE event_id = 'dup'")  # purged at the edge, then sent again
+    bad = {
+        "missing_field": event("bad-missing", project=""),
+        "bad_received_at": event("bad-recv", received="2026-10-05T10:00:01.5+05:30"),
+        "bad_quantity": event("bad-qty", quantity=""),
+        "bad_occurred_at": event("bad-occ", occurred="2026-10-05 10:00"),
+        "malformed_properties": event("bad-json", properties='{"user_id": '),
+        "unknown_organisation": event("bad-org", org="org_ghost"),
+        "unknown_metric": event("bad-metric", metric="teleports"),
+        "negative_quantity": event("bad-neg", metric="tokens", quantity="-5"),
+        "occurred_in_future": event("bad-future", occurred=T0 + timedelta(days=3), received=T0),
+        "conflicting_duplicate": event("dup", quantity="999"),
+    }
+    good = [event(f"ok-{i}", quantity=str(i + 1)) for i in range(5)]
+    edge_store.insert_events(edge, good + list(bad.values()))
+
+    result = move(wh, edge, T0 - timedelta(hours=1), T0 + timedelta(hours=2))
+
+    assert result.reasons == {reason: 1 for reason in bad}
+    assert rows_of(wh, "SELECT count(*) FROM billing.quarantined_events WHERE received_at IS NULL") == [(1,)]
+    day = edge_checks.reconcile_day(wh, edge, T0.date(), now=T0 + timedelta(days=1))
+    assert (day.edge_rows, day.missing, day.mismatched_groups) == (len(good) + len(bad), 0, [])
+
+    # An empty quantity fails the shape check, so its clean neighbours still go in unchecked.
+    later = T0 + timedelta(hours=5)
+    edge_store.insert_events(edge, [event(f"q-{i}", received=later + timedelta(minutes=i)) for i in range(3)]
+                             + [event("q-empty", quantity="", received=later + timedelta(minutes=5))])
+    r = move(wh, edge, later, later + timedelta(hours=1))
+    assert (r.inserted, r.checked, r.reasons) == (3, 1, {"bad_quantity": 1})
+
+
+def test_quarantined_rows_stored_without_their_received_at_are_repaired_by_the_migration(wh):
+    from billing_pipeline.migrations import SQL_DIR
+
+    with wh.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO billing.quarantined_events (event_id, reason, detail, raw, fingerprint)"
+            " SELECT id, 'missing_field', 'x', jsonb_build_object('received_at', recv), id FROM (VALUES"
+            " ('old-1', '2026-10-05T10:00:01Z'), ('old-2', '2026-10-05T25:00:00Z'), ('old-3', 'yesterday'))"
+            " AS v (id, recv)"
+        ))
+        conn.connection.cursor().execute((SQL_DIR / "0012_quarantine_received_at.sql").read_text())
+    repaired = dict(rows_of(wh, "SELECT event_id, received_at FROM billing.quarantined_events"))
+    assert repaired == {"old-1": datetime(2026, 10, 5, 10, 0, 1, tzinfo=timezone.utc), "old-2": None, "old-3": None}

@@ -42,7 +42,7 @@ WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluate
 )
 SELECT c.edge_rowid, c.event_id, c.organisation_id, c.project_id, c.metric, c.quantity, c.occurred_at,
     c.received_at, c.properties, c.fingerprint, r.reason,
-    CASE WHEN NOT c.missing THEN c.received_ts END AS received_ts,
+    c.received_ts,  -- kept for every row whose received_at parses, whatever its reason (event reconciliation buckets by it)
     CASE WHEN r.reason IS NULL THEN c.quantity_num END AS quantity_num,
     CASE WHEN r.reason IS NULL THEN c.occurred_ts END AS occurred_ts,
     CASE WHEN r.reason IS NULL THEN c.properties::jsonb END AS properties_json,

@@ -1,5 +1,7 @@
 -- Counts and quantity sums per organisation, project, metric and hour of the day, edge against
 -- warehouse (events plus quarantine). Quantities that are not plain decimals count but add nothing.
+-- Quarantined rows are taken and bucketed as the edge side is, by their raw received_at text: the
+-- edge selected the day by that text, and a row quarantined for its received_at has no parsed one.
 WITH edge AS (
     SELECT organisation_id, project_id, metric, substr(received_at, 1, 13) AS hour,
         count(*) AS n,
@@ -17,10 +19,14 @@ warehouse AS (
         GROUP BY 1, 2, 3, 4
         UNION ALL
         SELECT raw ->> 'organisation_id', raw ->> 'project_id', raw ->> 'metric',
-            to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24'), count(*),
+            substr(raw ->> 'received_at', 1, 13), count(*),
             sum(CASE WHEN raw ->> 'quantity' ~ '^[+-]?\d{1,26}(\.\d{1,12})?$' THEN (raw ->> 'quantity')::numeric END)
         FROM billing.quarantined_events
-        WHERE received_at >= CAST(:day_start AS timestamptz) AND received_at < CAST(:day_end AS timestamptz)
+        -- a parsed received_at is in UTC (the shape check asks for Z or +00), so its day is its text's
+        WHERE ((received_at >= CAST(:day_start AS timestamptz) AND received_at < CAST(:day_end AS timestamptz))
+               OR received_at IS NULL)
+          AND raw ->> 'received_at' >= to_char(CAST(:day_start AS timestamptz) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+          AND raw ->> 'received_at' < to_char(CAST(:day_end AS timestamptz) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
         GROUP BY 1, 2, 3, 4
     ) w
     GROUP BY 1, 2, 3, 4
