@@ -5,7 +5,7 @@ Pure Python over `Decimal`; no float, no database, no Dagster. Two layers:
 * `charge_amount(charge, units, event_amounts=())` prices one charge for one period and returns an
   unrounded Decimal. The models and their parameter names are those of DESIGN.md ("Billable metrics
   and charge models"); the semantics are Lago's (getlago.com docs "Charge models", and the lago-api
-  services under app/services/charges/charge_models/), cited per model below.
+  services under app/services/charge_models/), cited per model below.
 * `price_invoice(...)` turns the charge amounts of one organisation and period into invoice totals
   in integer minor units: one half-up rounding per line, then commitment, discounts, tax, credits.
 
@@ -14,9 +14,14 @@ Conventions shared by every model:
   with ValueError. A parameter given as None is treated as absent.
 * Prices, rates and free allowances are non-negative. A percentage `rate` is in percent, as in Lago
   ("1.2" means 1.2 %).
-* Tier lists follow Lago's bounds: the first `from_value` is 0, each next `from_value` is the previous
-  `to_value` + 1, every `to_value` but the last is greater than its `from_value`, the last is None
-  (Lago's Validators::RangeBoundsValidator, used by its graduated/volume charge validators).
+* Tier lists follow Lago's bounds (app/services/validators/range_bounds_validator.rb, used by its
+  graduated, volume and graduated_percentage validators): the first `from_value` is 0 (or 1), each
+  next `from_value` is the previous `to_value` + 1 (integer ranges: 0-100, 101-200) or equal to it
+  (adjacent ranges, for fractional metrics: 0-0.1, 0.1-1, 1-), every `to_value` but the last is
+  greater than its `from_value`, the last is None. Graduated tiers count units as Lago's
+  ChargeModels::AmountDetails::RangeGraduatedService does: a tier starting above 0 holds
+  `effective - from_value + 1` units for integer ranges and `effective - from_value` when every tier
+  is adjacent to the one before (Lago's `adjacent_ranges?`).
 * `units` (the period's aggregated value) must be >= 0: a negative period total is refused with
   ValueError rather than priced (tiers, packages and percentages have no meaning below zero).
 * Arithmetic runs in a 60-digit context that traps inexact results: a charge is either exact or an
@@ -119,7 +124,7 @@ def _tiers(charge: Mapping, price_key: str) -> list[_Tier]:
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)) or not raw:
         raise ValueError(f"{model} charge: 'tiers' must be a non-empty list")
     tiers: list[_Tier] = []
-    expected_from = _ZERO
+    previous_to = _ZERO
     for index, item in enumerate(raw):
         where = f"{model} charge, tier {index + 1}"
         if not isinstance(item, Mapping):
@@ -137,10 +142,10 @@ def _tiers(charge: Mapping, price_key: str) -> list[_Tier]:
         )
         if price < 0 or flat < 0:
             raise ValueError(f"{where}: {price_key} and flat_amount must be >= 0")
-        if from_value != expected_from:
+        if from_value not in (previous_to, previous_to + 1):
             raise ValueError(
-                f"{where}: from_value must be {expected_from} (0, then previous to_value + 1), "
-                f"got {from_value}"
+                f"{where}: from_value must be {previous_to} (adjacent ranges) or {previous_to + 1}"
+                f" (integer ranges, the previous to_value + 1), got {from_value}"
             )
         last = index == len(raw) - 1
         if last and to_value is not None:
@@ -151,21 +156,26 @@ def _tiers(charge: Mapping, price_key: str) -> list[_Tier]:
             )
         tiers.append(_Tier(from_value, to_value, price, flat))
         if to_value is not None:
-            expected_from = to_value + 1
+            previous_to = to_value
     return tiers
 
 
-def _tier_units(tier: _Tier, total: Decimal) -> Decimal:
+def _adjacent(tiers: list[_Tier]) -> bool:
+    """Lago's `adjacent_ranges?`: two tiers or more, each starting where the one before ended."""
+    return len(tiers) >= 2 and all(cur.from_value == prev.to_value for prev, cur in zip(tiers, tiers[1:]))
+
+
+def _tier_units(tier: _Tier, total: Decimal, adjacent: bool = False) -> Decimal:
     """Units of `total` that fall in `tier`, exactly as Lago's RangeGraduatedService#units.
 
-    A full tier [from, to] holds to - max(from, 1) + 1 units ([0, 100] and [101, 200] hold 100 each);
-    the partial tier holds total - from + 1, or total when from is 0.
+    The total is capped at the tier's to_value; a tier from 0 holds all of it; a later tier holds
+    what is above its from_value, + 1 for integer ranges ([0, 100] and [101, 200] hold 100 each), + 0
+    for adjacent ones ([0, 0.1] and [0.1, 1] hold 0.1 and 0.9).
     """
-    if tier.to_value is not None and total >= tier.to_value:
-        return tier.to_value - (1 if tier.from_value == 0 else tier.from_value) + 1
+    effective = tier.to_value if tier.to_value is not None and total >= tier.to_value else total
     if tier.from_value == 0:
-        return total
-    return total - tier.from_value + 1
+        return effective
+    return effective - tier.from_value + (0 if adjacent else 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +187,7 @@ def _tier_units(tier: _Tier, total: Decimal) -> Decimal:
 def _standard(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) -> Decimal:
     """units x unit_amount.
 
-    Lago: app/services/charges/charge_models/standard_service.rb (`units * BigDecimal(properties
+    Lago: app/services/charge_models/standard_service.rb (`units * BigDecimal(properties
     ['amount'])`); the parameter is named `unit_amount` here. Zero units cost zero.
     """
     _check_keys(charge, {"unit_amount"})
@@ -188,21 +198,20 @@ def _standard(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal])
 def _graduated(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) -> Decimal:
     """Each tier prices the units that fall in it; a tier's flat_amount is added once units enter it.
 
-    Lago: app/services/charges/charge_models/graduated_service.rb with
-    app/services/charges/amount_details/range_graduated_service.rb: walk the tiers in order; units in
-    a tier per `_tier_units`; add units x per_unit_amount, plus flat_amount when the tier holds a
-    non-zero number of units; stop at the tier whose to_value is null or >= units. So at exactly
-    units == to_value the next tier is not entered (no flat fee), and one unit more enters it.
-    Zero units cost zero (no flat fee either).
+    Lago: app/services/charge_models/graduated_service.rb with
+    app/services/charge_models/amount_details/range_graduated_service.rb: walk the tiers in order;
+    units in a tier per `_tier_units` (adjacent or integer ranges); every tier walked adds units x
+    per_unit_amount plus its flat_amount; stop at the tier whose to_value is null or >= units. So at
+    exactly units == to_value the next tier is not entered (no flat fee), and more units enter it.
+    Zero units walk the first tier only: they cost its flat_amount (Lago's spec "when aggregation is
+    0 ... applies the flat amount from the first tier").
     Docs: getlago.com/docs/guide/plans/charges/charge-models/graduated
     """
     tiers = _tiers(charge, "per_unit_amount")
+    adjacent = _adjacent(tiers)
     total = _ZERO
     for tier in tiers:
-        in_tier = _tier_units(tier, units)
-        total += in_tier * tier.price
-        if in_tier != 0:
-            total += tier.flat_amount
+        total += _tier_units(tier, units, adjacent) * tier.price + tier.flat_amount
         if tier.to_value is None or tier.to_value >= units:
             break
     return total
@@ -211,29 +220,27 @@ def _graduated(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]
 def _volume(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) -> Decimal:
     """All units at the price of the one tier the total falls in, plus that tier's flat_amount.
 
-    Lago: app/services/charges/charge_models/volume_service.rb: zero units cost zero; otherwise the
-    matching tier is the first with from_value <= ceil(units) and (to_value null or units <= to_value)
-    (so 10000.5 units with tiers [0, 10000], [10001, ...] fall in the second), and the amount is
-    units x per_unit_amount + flat_amount. Not monotonic in units: crossing into a cheaper tier can
-    lower the total (Lago's and Stripe's docs say so). Docs:
-    getlago.com/docs/guide/plans/charges/charge-models/volume
+    Lago: app/services/charge_models/volume_service.rb: the matching tier is the first with
+    from_value <= ceil(units) and (to_value null or units <= to_value) (so 100.5 units with tiers
+    [0, 100], [101, ...] fall in the second, and adjacent decimal tiers match by their upper bound),
+    and the amount is units x per_unit_amount + flat_amount. Zero units match the first tier and
+    cost its flat_amount (Lago's spec "when aggregation is 0": 10). Not monotonic in units: crossing
+    into a cheaper tier can lower the total (Lago's and Stripe's docs say so). Where no tier matches
+    (zero units below a first tier starting at 1), Lago fails; here nothing is charged.
+    Docs: getlago.com/docs/guide/plans/charges/charge-models/volume
     """
     tiers = _tiers(charge, "per_unit_amount")
-    if units == 0:
-        return _ZERO
     ceiling = units.to_integral_value(rounding=ROUND_CEILING)
     for tier in tiers:
         if tier.from_value <= ceiling and (tier.to_value is None or units <= tier.to_value):
             return units * tier.price + tier.flat_amount
-    raise ValueError(
-        f"volume charge: no tier matches {units} units"
-    )  # pragma: no cover - tiers are contiguous
+    return _ZERO
 
 
 def _package(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) -> Decimal:
     """ceil((units - free_units) / package_size) packages at `amount` each; nothing within free units.
 
-    Lago: app/services/charges/charge_models/package_service.rb: paid_units = units - free_units;
+    Lago: app/services/charge_models/package_service.rb: paid_units = units - free_units;
     negative -> 0; package count rounded up "because a group counts from its first unit". package_size
     must be a positive whole number and free_units a whole number >= 0 (Lago's
     app/services/charges/validators/package_service.rb); free_units defaults to 0. Zero units cost
@@ -258,7 +265,7 @@ def _package(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) 
 def _percentage(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) -> Decimal:
     """rate % of the paid amount, plus fixed_amount per paid transaction, clamped per transaction.
 
-    Lago: app/services/charges/charge_models/percentage_service.rb and the docs page
+    Lago: app/services/charge_models/percentage_service.rb and the docs page
     getlago.com/docs/guide/plans/charges/charge-models/percentage. `units` is the sum of the events'
     amounts (a `sum` metric) and `event_amounts` the transactions, in order.
 
@@ -353,20 +360,18 @@ def _percentage(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal
 def _graduated_percentage(charge: Mapping, units: Decimal, event_amounts: Sequence[Decimal]) -> Decimal:
     """Graduated tiers of rates: each tier takes rate % of the units in it, plus its flat_amount once entered.
 
-    Lago: app/services/charges/charge_models/graduated_percentage_service.rb with
-    app/services/charges/amount_details/range_graduated_percentage_service.rb: the same tier walk and
-    bounds as graduated; per tier (units_in_tier x rate) / 100, plus flat_amount when the tier holds
-    a non-zero number of units. flat_amount is optional (docs: "the rate is the only mandatory
-    value"). Zero units cost zero.
+    Lago: app/services/charge_models/graduated_percentage_service.rb with
+    app/services/charge_models/amount_details/range_graduated_percentage_service.rb: the same tier
+    walk and bounds as graduated; per tier walked (units_in_tier x rate) / 100 plus its flat_amount,
+    so zero units cost the first tier's flat_amount (Lago's spec: 200). Unlike graduated, Lago counts
+    a later tier's units as `effective - from_value + 1` even for adjacent ranges, and so does this.
+    flat_amount is optional here (docs: "the rate is the only mandatory value").
     Docs: getlago.com/docs/guide/plans/charges/charge-models/graduated-percentage
     """
     tiers = _tiers(charge, "rate")
     total = _ZERO
     for tier in tiers:
-        in_tier = _tier_units(tier, units)
-        total += in_tier * tier.price / _HUNDRED
-        if in_tier != 0:
-            total += tier.flat_amount
+        total += _tier_units(tier, units) * tier.price / _HUNDRED + tier.flat_amount
         if tier.to_value is None or tier.to_value >= units:
             break
     return total

@@ -2,6 +2,26 @@
 
 Worked examples cite the public page they come from. Property-based tests (hypothesis) cover
 monotonicity in units and the invoice identity total = subtotal - discount + tax - credits >= 0.
+
+Compared with Lago's current code and specs (getlago/lago-api at 1b1c24a, 2026-08-21), case by case:
+- standard: app/services/charge_models/standard_service.rb, units x amount (zero units: zero). Same.
+- graduated: graduated_service.rb + amount_details/range_graduated_service.rb and
+  spec/services/charge_models/graduated_service_spec.rb: aggregation 0 (first tier's flat, 2; 0 when
+  that flat is 0 with a decimal first tier), 1, 10, 11, 12, 21; "with decimal adjacent ranges" 0.05
+  and 0.5. Differences found and fixed: zero units cost the first tier's flat (was 0); adjacent
+  decimal ranges accepted and counted without the +1 (were refused); a tier's flat is charged
+  whenever the walk reaches it.
+- volume: volume_service.rb and its spec: 0 (first tier's flat, 10; 0 with a zero first tier), 1,
+  100, 100.5, 101, 200, 300. Difference fixed: zero units cost the first tier's flat (was 0).
+- graduated_percentage: graduated_percentage_service.rb + range_graduated_percentage_service.rb and
+  its spec: 0 (200), 1, 10, 11, 12, 21. Difference fixed: zero units cost the first tier's flat.
+  Lago keeps the +1 count for every later tier here, even adjacent ones; so does this project.
+- package: package_service.rb (paid units = units - free, packages rounded up, negative: 0). Same.
+- percentage: percentage_service.rb: unchanged; the three documented departures are in
+  billing_pipeline.pricing._percentage's docstring.
+- bounds: app/services/validators/range_bounds_validator.rb: from_value = previous to_value or + 1
+  (first: 0 or 1), to_value > from_value but for the open last tier. Difference fixed: adjacent
+  bounds and a first tier from 1 were refused.
 """
 
 from __future__ import annotations
@@ -162,7 +182,7 @@ GRADUATED_FLAT = {
 @pytest.mark.parametrize(
     ("units", "amount"),
     [
-        ("0", "0"),  # zero units: no flat fee either
+        ("0", "10"),  # zero units walk the first tier: its flat fee (Lago)
         ("1", "11"),  # entering tier 1: its flat fee
         ("100", "110"),  # exactly on the boundary: tier 2 not entered
         ("100.5", "130.25"),  # fractional units between 100 and 101 enter tier 2 (Lago: units - from + 1)
@@ -179,7 +199,7 @@ def test_graduated_boundaries_and_flat_fees(units, amount):
 @pytest.mark.parametrize(
     ("units", "amount"),
     [
-        ("0", "0"),  # zero units cost zero, flat fee included
+        ("0", "10"),  # zero units match the first tier: its flat fee (Lago)
         ("1", "10.001"),
         ("10000", "20"),  # upper bound of tier 1 is in tier 1
         ("10000.5", "18.0004"),  # Lago matches on ceil(units): 10001 -> tier 2
@@ -307,7 +327,7 @@ def test_percentage_min_above_max_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("units", "amount"), [("0", "0"), ("1000", "210"), ("1001", "510.02"), ("1000.5", "510.01")]
+    ("units", "amount"), [("0", "200"), ("1000", "210"), ("1001", "510.02"), ("1000.5", "510.01")]
 )
 def test_graduated_percentage_boundaries(units, amount):
     assert charge_amount(LAGO_GRADUATED_PERCENTAGE, D(units)) == D(amount)
@@ -346,16 +366,21 @@ def test_parameters_accept_str_int_and_decimal(value):
         ({"model": "package", "package_size": "2.5", "amount": "1"}, D(1), "whole"),
         ({"model": "package", "package_size": 10, "amount": "1", "free_units": "0.5"}, D(1), "whole"),
         ({"model": "graduated", "tiers": []}, D(1), "non-empty"),
-        ({"model": "graduated", "tiers": tiers((1, None, "1", 0))}, D(1), "from_value must be 0"),
+        ({"model": "graduated", "tiers": tiers((2, None, "1", 0))}, D(1), "from_value must be 0 .* or 1"),
         (
-            {"model": "graduated", "tiers": tiers((0, 100, "1", 0), (100, None, "1", 0))},
+            {"model": "graduated", "tiers": tiers((0, 100, "1", 0), (99, None, "1", 0))},
             D(1),
-            "from_value must be 101",
+            "from_value must be 100 .* or 101",
         ),
         (
             {"model": "graduated", "tiers": tiers((0, 100, "1", 0), (102, None, "1", 0))},
             D(1),
-            "from_value must be 101",
+            "from_value must be 100 .* or 101",
+        ),
+        (
+            {"model": "volume", "tiers": tiers((0, "0.5", "1", 0), ("0.6", None, "1", 0))},
+            D(1),
+            r"from_value must be 0.5 .* or 1.5",
         ),
         ({"model": "volume", "tiers": tiers((0, 100, "1", 0))}, D(1), "last tier"),
         ({"model": "volume", "tiers": tiers((0, None, "1", 0), (1, None, "1", 0))}, D(1), "to_value"),
@@ -475,11 +500,8 @@ def test_graduated_tiers_partition_the_units(rows, units):
 @given(tier_lists(), units_st)
 def test_volume_is_all_units_at_one_tier_price(rows, units):
     amount = charge_amount({"model": "volume", "tiers": rows}, units)
-    if units == 0:
-        assert amount == 0
-    else:
-        candidates = {units * D(r["per_unit_amount"]) + D(r["flat_amount"]) for r in rows}
-        assert amount in candidates
+    candidates = {units * D(r["per_unit_amount"]) + D(r["flat_amount"]) for r in rows}
+    assert amount in candidates
 
 
 @given(tier_lists(), units_st, units_st)
@@ -808,3 +830,72 @@ def test_invoice_identity_holds_for_random_inputs(
         result.total_minor,
     ):
         assert type(value) is int
+
+
+# --------------------------------------------------------------------------------------------------
+# Lago's specs, case by case (spec/services/charge_models/*_spec.rb in getlago/lago-api)
+# --------------------------------------------------------------------------------------------------
+
+LAGO_SPEC_GRADUATED = {"model": "graduated", "tiers": tiers((0, 10, "10", "2"), (11, 20, "5", "3"), (21, None, "5", "3"))}
+LAGO_SPEC_GRADUATED_DECIMAL_FIRST = {
+    "model": "graduated", "tiers": tiers((0, "0.01", "0", "0"), ("0.01", 10, "10", "2"), (11, None, "5", "3"))
+}
+LAGO_SPEC_GRADUATED_ADJACENT = {
+    "model": "graduated", "tiers": tiers((0, "0.1", "10", "0"), ("0.1", 1, "5", "0"), (1, None, "2", "0"))
+}
+LAGO_SPEC_VOLUME = {"model": "volume", "tiers": tiers((0, 100, "2", "10"), (101, 200, "1", "0"), (201, None, "0.5", "50"))}
+LAGO_SPEC_VOLUME_ZERO_FIRST = {"model": "volume", "tiers": tiers((0, 1, "0", "0"), (2, 100, "2", "10"), (101, None, "0.5", "50"))}
+LAGO_SPEC_GRADUATED_PERCENTAGE = {
+    "model": "graduated_percentage",
+    "tiers": tiers((0, 10, "1", "200"), (11, 20, "2", "300"), (21, None, "3", "400"), price_key="rate"),
+}
+LAGO_SPEC_GRADUATED_PERCENTAGE_DECIMAL_FIRST = {
+    "model": "graduated_percentage",
+    "tiers": tiers((0, "0.01", "0", "0"), ("0.01", 10, "1", "200"), (11, None, "2", "300"), price_key="rate"),
+}
+
+
+@pytest.mark.parametrize(
+    ("charge", "units", "amount"),
+    [
+        (LAGO_SPEC_GRADUATED, "0", "2"),  # "applies the flat amount from the first tier"
+        (LAGO_SPEC_GRADUATED_DECIMAL_FIRST, "0", "0"),  # "when first tier flat amount is zero"
+        (LAGO_SPEC_GRADUATED, "1", "12"),
+        (LAGO_SPEC_GRADUATED, "10", "102"),
+        (LAGO_SPEC_GRADUATED, "11", "110"),
+        (LAGO_SPEC_GRADUATED, "12", "115"),
+        (LAGO_SPEC_GRADUATED, "21", "163"),
+        (LAGO_SPEC_GRADUATED_ADJACENT, "0.05", "0.5"),  # "with decimal adjacent ranges"
+        (LAGO_SPEC_GRADUATED_ADJACENT, "0.5", "3.0"),  # 0.1 x 10 + 0.4 x 5
+        (LAGO_SPEC_GRADUATED_ADJACENT, "3", "9.5"),  # 0.1 x 10 + 0.9 x 5 + 2 x 2
+        (LAGO_SPEC_VOLUME, "0", "10"),
+        (LAGO_SPEC_VOLUME_ZERO_FIRST, "0", "0"),
+        (LAGO_SPEC_VOLUME, "1", "12"),
+        (LAGO_SPEC_VOLUME, "100", "210"),
+        (LAGO_SPEC_VOLUME, "100.5", "100.5"),
+        (LAGO_SPEC_VOLUME, "101", "101"),
+        (LAGO_SPEC_VOLUME, "200", "200"),
+        (LAGO_SPEC_VOLUME, "300", "200"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE, "0", "200"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE_DECIMAL_FIRST, "0", "0"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE, "1", "200.01"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE, "10", "200.1"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE, "11", "500.12"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE, "12", "500.14"),
+        (LAGO_SPEC_GRADUATED_PERCENTAGE, "21", "900.33"),
+    ],
+)
+def test_lago_spec_cases(charge, units, amount):
+    assert charge_amount(charge, D(units)) == D(amount)
+
+
+def test_adjacent_decimal_volume_tiers_match_by_their_upper_bound():
+    charge = {"model": "volume", "tiers": tiers((0, "0.1", "10", "0"), ("0.1", 1, "5", "1"), (1, None, "2", "0"))}
+    assert charge_amount(charge, D("0.1")) == D("1.0")  # 0.1 <= 0.1: the first tier
+    assert charge_amount(charge, D("0.5")) == D("3.5")  # 0.5 x 5 + 1
+    assert charge_amount(charge, D("1.5")) == D("3.0")
+
+
+def test_a_catalog_may_price_a_fractional_metric_in_adjacent_tiers():
+    validate_charge(LAGO_SPEC_GRADUATED_ADJACENT)  # refused before: "from_value must be previous to_value + 1"
+    validate_charge({"model": "graduated", "tiers": tiers((1, 10, "1", 0), (11, None, "1", 0))})  # Lago: 0 or 1
