@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x62696C6C  # "bill": the advisory lock all upgrades share
+MIN_SERVER_VERSION_NUM = 150000  # PostgreSQL 15; 15 to 18 are supported and tested (README)
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS public.schema_migrations (
@@ -116,10 +117,22 @@ def _refuse_changed(files: list[MigrationFile], applied: dict[str, sa.Row]) -> N
         )
 
 
+def refuse_old_server(version_num: int, version: str) -> None:
+    if version_num < MIN_SERVER_VERSION_NUM:
+        raise MigrationError(
+            f"refusing to migrate: this server runs PostgreSQL {version}, and billing_pipeline needs"
+            f" PostgreSQL 15 or later."
+        )
+
+
 def upgrade(engine: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply every pending file; returns the names applied (empty when up to date)."""
     files = discover(sql_dir)
     with engine.begin() as conn:
+        version_num, version = conn.execute(
+            sa.text("SELECT current_setting('server_version_num')::int, current_setting('server_version')")
+        ).one()
+        refuse_old_server(version_num, version)
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
         _refuse_changed(files, _applied(conn))
     done = []

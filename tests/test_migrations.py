@@ -88,3 +88,34 @@ def test_badly_named_file_is_refused(sql_copy):
     (sql_copy / "add_things.sql").write_text("SELECT 1;")
     with pytest.raises(migrations.MigrationError, match="NNNN_words.sql"):
         migrations.discover(sql_copy)
+
+
+def test_a_server_older_than_15_is_refused_with_one_sentence():
+    from billing_pipeline.migrations import MigrationError, refuse_old_server
+
+    refuse_old_server(150000, "15.0")
+    refuse_old_server(180001, "18.1")
+    with pytest.raises(MigrationError, match=r"^refusing to migrate: this server runs PostgreSQL 14.12, and"
+                                             r" billing_pipeline needs PostgreSQL 15 or later\.$"):
+        refuse_old_server(140012, "14.12")
+
+
+def test_the_input_check_answers_alike_on_every_server(engine):
+    with engine.connect() as conn:
+        answers = conn.execute(sa.text(
+            "SELECT billing.input_is_valid('2026-02-30T10:00:00Z', 'timestamptz'),"
+            " billing.input_is_valid('2026-02-28T10:00:00Z', 'timestamptz'),"
+            " billing.input_is_valid('1' || repeat('0', 27), 'numeric(38,12)'),"
+            " billing.input_is_valid('12.5', 'numeric(38,12)'), billing.input_is_valid('{\"a\": }', 'jsonb')"
+        )).one()
+    assert tuple(answers) == (False, True, False, True, False)
+
+
+def test_the_input_check_is_inlined_on_16_and_later(engine):
+    with engine.connect() as conn:
+        if int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) < 160000:
+            pytest.skip("PostgreSQL 15 has no pg_input_is_valid: the wrapper is plpgsql there")
+        plan = "\n".join(conn.execute(sa.text(
+            "EXPLAIN VERBOSE SELECT billing.input_is_valid(v, 'timestamptz') FROM (VALUES ('x')) t (v)"
+        )).scalars())
+    assert "pg_input_is_valid" in plan and "billing.input_is_valid" not in plan

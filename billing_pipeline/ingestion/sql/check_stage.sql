@@ -24,13 +24,13 @@ WITH checked AS MATERIALIZED (  -- materialized: each check and cast is evaluate
                 OR '' IN (s.event_id, s.organisation_id, s.project_id, s.metric) AS missing,
             -- the shape first (sql/0007_edge_text_shapes.sql), then PostgreSQL's own parser
             billing.is_utc_timestamp_text(s.received_at)
-                AND pg_input_is_valid(s.received_at, 'timestamptz') AS received_ok,
+                AND billing.input_is_valid(s.received_at, 'timestamptz') AS received_ok,
             billing.is_plain_decimal_text(s.quantity)
-                AND pg_input_is_valid(s.quantity, 'numeric(38,12)') AS quantity_ok,
+                AND billing.input_is_valid(s.quantity, 'numeric(38,12)') AS quantity_ok,
             billing.is_offset_timestamp_text(s.occurred_at)
-                AND pg_input_is_valid(s.occurred_at, 'timestamptz') AS occurred_ok,
+                AND billing.input_is_valid(s.occurred_at, 'timestamptz') AS occurred_ok,
             s.properties IS NULL OR (billing.is_json_object_text(s.properties)
-                                     AND pg_input_is_valid(s.properties, 'jsonb')) AS properties_ok
+                                     AND billing.input_is_valid(s.properties, 'jsonb')) AS properties_ok
     ) v
     LEFT JOIN billing.organisations o ON o.organisation_id = s.organisation_id
     LEFT JOIN billing.billable_metrics m ON m.code = s.metric

@@ -6,7 +6,7 @@ SELECT coalesce(nullif(s.organisation_id, ''), '(none)') AS organisation_id,
        count(*) FILTER (WHERE NOT s.processed) AS not_moved,
        count(*) FILTER (WHERE s.processed) AS lost
 FROM (
-    SELECT *, CASE WHEN pg_input_is_valid(occurred_at, 'timestamptz') THEN occurred_at::timestamptz END AS occurred_ts
+    SELECT *, CASE WHEN billing.input_is_valid(occurred_at, 'timestamptz') THEN occurred_at::timestamptz END AS occurred_ts
     FROM edge_month
 ) s
 WHERE s.occurred_ts >= :period_start_ts AND s.occurred_ts < :period_end_ts
