@@ -27,6 +27,7 @@ demo_app = typer.Typer(help="The demo: a generated month of usage, run through e
 from billing_pipeline.accounts.cli import accounts_app, health  # noqa: E402
 from billing_pipeline.api.cli import keys_app, serve  # noqa: E402
 from billing_pipeline.invoicing.cli import invoice_app  # noqa: E402
+from billing_pipeline.operations.cli import backfill  # noqa: E402
 from billing_pipeline.payments.cli import recon_app, webhooks_app  # noqa: E402
 from billing_pipeline.wallet.cli import wallet_app  # noqa: E402
 
@@ -40,6 +41,7 @@ app.add_typer(recon_app, name="recon")
 app.add_typer(wallet_app, name="wallet")
 app.command("serve", help="Run the HTTP API (usage events, webhooks, health) with uvicorn.")(serve)
 app.add_typer(catalog_app, name="catalog")
+app.command("backfill")(backfill)
 app.add_typer(demo_app, name="demo")
 
 console = Console()
