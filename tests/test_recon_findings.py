@@ -1,0 +1,125 @@
+"""recon.findings: a finding keeps its identity across days, ages, clears when the data stops showing it,
+moves open -> acknowledged -> resolved by hand (audited) and reopens when it comes back."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from billing_pipeline import findings
+from billing_pipeline.payments.cli import recon_app
+
+SOURCE = "payment_reconciliation"
+A = ("unapplied_payment", "org_a", "pay_A", None, 5000, "USD")
+B = ("amount_mismatch", "org_b", "inv_B", 1000, 400, "USD")
+C = ("missing_internal", "org_c", "ch_C", None, 1234, "KWD")
+D = ("missing_internal", "org_d", "ch_D", None, 700, "JPY")
+
+
+def _day(engine, day: date, rows) -> findings.Observed:
+    """What a reconciliation does for one day: replace its rows, then the shared findings step."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM recon.discrepancies WHERE source = :s AND recon_date = :d"),
+                     {"s": SOURCE, "d": day})
+        for kind, org, ref, internal, provider, currency in rows:
+            conn.execute(
+                sa.text("""
+                    INSERT INTO recon.discrepancies (recon_date, source, kind, provider, organisation_id, reference,
+                        internal_amount_minor, provider_amount_minor, currency, detail)
+                    VALUES (:d, :s, :kind, 'stripe', :org, :ref, :internal, :provider, :currency, :detail)
+                """),
+                {"d": day, "s": SOURCE, "kind": kind, "org": org, "ref": ref, "internal": internal,
+                 "provider": provider, "currency": currency, "detail": f"{ref} on {day}"},
+            )
+        return findings.observe(conn, SOURCE, day, day + timedelta(days=1), actor="run:test")
+
+
+def _by_ref(engine):
+    with engine.connect() as conn:
+        return {r["reference"]: r for r in findings.list_findings(conn)}
+
+
+def _audit(engine, finding_id):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT action, from_state, to_state, actor, detail->>'note' FROM billing.audit_log"
+                    " WHERE entity_type = 'recon_finding' AND entity_id = :id ORDER BY audit_id"),
+            {"id": str(finding_id)},
+        ).all()
+
+
+def test_findings_keep_identity_age_clear_and_reopen(engine):
+    nov = [date(2026, 11, d) for d in range(1, 13)]
+    assert _day(engine, nov[0], [A, B, C]) == findings.Observed(3, 0, 0)
+    assert _day(engine, nov[1], [A, B]) == findings.Observed(2, 0, 1)  # C gone on the 2nd
+    for day in nov[2:10]:
+        _day(engine, day, [A])
+    found = _by_ref(engine)
+    assert len(found) == 3
+    a, b, c = found["pay_A"], found["inv_B"], found["ch_C"]
+    assert (a["status"], a["first_seen"], a["last_seen"], a["age_days"]) == ("open", nov[0], nov[9], 9)
+    assert (b["status"], b["cleared_on"], b["amount_minor"]) == ("cleared", nov[2], 600)
+    assert (c["status"], c["cleared_on"]) == ("cleared", nov[1])
+    assert _audit(engine, c["finding_id"]) == [
+        ("cleared", "open", "cleared", "run:test", "cleared by data on 2026-11-02")
+    ]
+    assert _day(engine, nov[9], [A]) == findings.Observed(1, 0, 0)  # the same day again: nothing moves
+    assert _by_ref(engine)["pay_A"]["last_seen"] == nov[9]
+
+    runner = CliRunner()
+    listed = runner.invoke(recon_app, ["list", "--open", "--older-than", "7d"])
+    assert listed.exit_code == 0, listed.output
+    assert "pay_A" in listed.output and "9d" in listed.output and "50.00 USD" in listed.output
+    assert "inv_B" not in listed.output and "1 finding(s)" in listed.output
+    assert "0 finding(s)" in runner.invoke(recon_app, ["list", "--older-than", "9d"]).output
+    kinds = runner.invoke(recon_app, ["list", "--kind", "missing_internal"]).output
+    assert "ch_C" in kinds and "pay_A" not in kinds and "1.234 KWD" in kinds
+
+    fid = str(a["finding_id"])
+    assert runner.invoke(recon_app, ["resolve", fid]).exit_code != 0  # a note is required
+    ack = runner.invoke(recon_app, ["ack", fid, "--note", "looking", "--actor", "cli:finance"])
+    assert ack.exit_code == 0, ack.output
+    done = runner.invoke(recon_app, ["resolve", fid, "--note", "refunded to the customer", "--actor", "cli:finance"])
+    assert done.exit_code == 0, done.output
+    again = runner.invoke(recon_app, ["ack", fid])
+    assert again.exit_code == 1 and "resolved" in again.output
+    cleared = runner.invoke(recon_app, ["resolve", str(b["finding_id"]), "--note", "x", "--wont-fix"])
+    assert cleared.exit_code == 1 and "cleared" in cleared.output
+    assert _audit(engine, fid) == [
+        ("acknowledged", "open", "acknowledged", "cli:finance", "looking"),
+        ("resolved", "acknowledged", "resolved", "cli:finance", "refunded to the customer"),
+    ]
+    assert "0 finding(s)" in runner.invoke(recon_app, ["list", "--open", "--kind", "unapplied_payment"]).output
+
+    _day(engine, nov[9], [A])  # re-running a day it was already seen on does not reopen it
+    assert _by_ref(engine)["pay_A"]["status"] == "resolved"
+    assert _day(engine, nov[10], [A, C, D]) == findings.Observed(3, 2, 0)  # A and C come back
+    found = _by_ref(engine)
+    assert found["pay_A"]["status"] == "open" and found["ch_C"]["status"] == "open"
+    assert found["ch_C"]["first_seen"] == nov[0] and found["ch_C"]["cleared_on"] is None
+    assert _audit(engine, fid)[-1] == ("reopened", "resolved", "open", "run:test", "seen again on 2026-11-11")
+
+    with engine.connect() as conn:
+        meta = findings.metadata(conn, SOURCE, nov[10], nov[11])
+    assert meta["open_findings"] == 3 and meta["new_findings"] == 1
+    bands = {(r["kind"], r["band"], r["currency"]): (r["findings"], r["amount"]) for r in meta["open_findings_by_age"]}
+    assert bands == {
+        ("unapplied_payment", "8-30", "USD"): (1, "50.00"),
+        ("missing_internal", "8-30", "KWD"): (1, "1.234"),
+        ("missing_internal", "0-1", "JPY"): (1, "700"),
+    }
+    assert [(r["kind"], r["currency"], r["amount"]) for r in meta["new_findings_by_kind"]] == [
+        ("missing_internal", "JPY", "700")
+    ]
+    assert "| missing_internal | 8-30 | KWD | 1 | 1.234 |" in meta["open_findings_table"]
+
+
+def test_findings_of_one_source_leave_the_others_alone(engine):
+    day = date(2026, 11, 1)
+    _day(engine, day, [A])
+    with engine.begin() as conn:
+        observed = findings.observe(conn, "call_reconciliation", day + timedelta(days=1), day + timedelta(days=2))
+    assert observed == findings.Observed(0, 0, 0)
+    assert _by_ref(engine)["pay_A"]["status"] == "open"
