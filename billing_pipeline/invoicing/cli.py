@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import typer
 
@@ -36,3 +37,30 @@ def preview(
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
     typer.echo(render_json(result) if as_json else render_text(result))
+
+
+@invoice_app.command("pdf")
+def pdf(
+    number: str = typer.Argument(..., help="The invoice number, e.g. INV-2026-000001."),
+    out: Path = typer.Option(None, "-o", "--out", help="PDF file to write; default: NUMBER.pdf here."),
+) -> None:
+    """Write a finalized invoice's PDF (rendered once and kept with its sha256; rendered now if missing)."""
+    from billing_pipeline.audit import cli_actor
+    from billing_pipeline.documents import invoices as documents
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    engine = get_engine(load_settings())
+    with engine.connect() as conn:
+        stored = documents.stored_pdf(conn, number)
+    if stored is None:
+        documents.render_invoices(engine, cli_actor(), number=number)
+        with engine.connect() as conn:
+            stored = documents.stored_pdf(conn, number)
+    if stored is None:
+        typer.echo(f"error: no finalized invoice {number}", err=True)
+        raise typer.Exit(1)
+    data, digest = stored
+    target = out or Path(f"{number}.pdf")
+    target.write_bytes(data)
+    typer.echo(f"{target}\tsha256 {digest}")
