@@ -16,6 +16,7 @@ A = ("unapplied_payment", "org_a", "pay_A", None, 5000, "USD")
 B = ("amount_mismatch", "org_b", "inv_B", 1000, 400, "USD")
 C = ("missing_internal", "org_c", "ch_C", None, 1234, "KWD")
 D = ("missing_internal", "org_d", "ch_D", None, 700, "JPY")
+E = ("missing_at_provider", "org_e", "ch_E", 300, None, "USD")
 
 
 def _day(engine, day: date, rows) -> findings.Observed:
@@ -51,29 +52,34 @@ def _audit(engine, finding_id):
 
 
 def test_findings_keep_identity_age_clear_and_reopen(engine):
-    nov = [date(2026, 11, d) for d in range(1, 13)]
-    assert _day(engine, nov[0], [A, B, C]) == findings.Observed(3, 0, 0)
-    assert _day(engine, nov[1], [A, B]) == findings.Observed(2, 0, 1)  # C gone on the 2nd
-    for day in nov[2:10]:
-        _day(engine, day, [A])
+    today = findings.utc_today()
+    days = [today - timedelta(days=12 - i) for i in range(12)]
+    assert _day(engine, days[0], [A, B, C]) == findings.Observed(3, 0, 0)
+    assert _day(engine, days[1], [A, B]) == findings.Observed(2, 0, 0)  # C belongs to day 0: still open
+    assert _day(engine, days[0], [A, B]) == findings.Observed(2, 0, 1)  # day 0 again, without C: cleared
+    for day in days[2:10]:
+        _day(engine, day, [A] + ([E] if day == days[9] else []))
+    assert _day(engine, days[1], [A]) == findings.Observed(1, 0, 1)  # B gone from day 1
     found = _by_ref(engine)
-    assert len(found) == 3
+    assert len(found) == 4
     a, b, c = found["pay_A"], found["inv_B"], found["ch_C"]
-    assert (a["status"], a["first_seen"], a["last_seen"], a["age_days"]) == ("open", nov[0], nov[9], 9)
-    assert (b["status"], b["cleared_on"], b["amount_minor"]) == ("cleared", nov[2], 600)
-    assert (c["status"], c["cleared_on"]) == ("cleared", nov[1])
+    assert (a["status"], a["first_seen"], a["last_seen"], a["age_days"]) == ("open", days[0], days[9], 12)
+    assert found["ch_E"]["age_days"] == 3
+    assert (b["status"], b["cleared_on"], b["last_seen"], b["amount_minor"]) == ("cleared", days[1], days[0], 600)
+    assert (c["status"], c["cleared_on"], c["age_days"]) == ("cleared", days[0], 0)
     assert _audit(engine, c["finding_id"]) == [
-        ("cleared", "open", "cleared", "run:test", "cleared by data on 2026-11-02")
+        ("cleared", "open", "cleared", "run:test", f"cleared by data on {days[0]}")
     ]
-    assert _day(engine, nov[9], [A]) == findings.Observed(1, 0, 0)  # the same day again: nothing moves
-    assert _by_ref(engine)["pay_A"]["last_seen"] == nov[9]
+    assert _day(engine, days[9], [A, E]) == findings.Observed(2, 0, 0)  # the same day again: nothing moves
+    assert _by_ref(engine)["pay_A"]["last_seen"] == days[9]
 
     runner = CliRunner()
     listed = runner.invoke(recon_app, ["list", "--open", "--older-than", "7d"])
     assert listed.exit_code == 0, listed.output
-    assert "pay_A" in listed.output and "9d" in listed.output and "50.00 USD" in listed.output
-    assert "inv_B" not in listed.output and "1 finding(s)" in listed.output
-    assert "0 finding(s)" in runner.invoke(recon_app, ["list", "--older-than", "9d"]).output
+    assert "pay_A" in listed.output and "12d" in listed.output and "50.00 USD" in listed.output
+    assert "inv_B" not in listed.output and "ch_E" not in listed.output and "1 finding(s)" in listed.output
+    assert "2 finding(s)" in runner.invoke(recon_app, ["list", "--open"]).output
+    assert "0 finding(s)" in runner.invoke(recon_app, ["list", "--older-than", "12d"]).output
     kinds = runner.invoke(recon_app, ["list", "--kind", "missing_internal"]).output
     assert "ch_C" in kinds and "pay_A" not in kinds and "1.234 KWD" in kinds
 
@@ -93,22 +99,23 @@ def test_findings_keep_identity_age_clear_and_reopen(engine):
     ]
     assert "0 finding(s)" in runner.invoke(recon_app, ["list", "--open", "--kind", "unapplied_payment"]).output
 
-    _day(engine, nov[9], [A])  # re-running a day it was already seen on does not reopen it
+    _day(engine, days[9], [A, E])  # re-running a day it was already seen on does not reopen it
     assert _by_ref(engine)["pay_A"]["status"] == "resolved"
-    assert _day(engine, nov[10], [A, C, D]) == findings.Observed(3, 2, 0)  # A and C come back
+    assert _day(engine, days[10], [A, C, D]) == findings.Observed(3, 2, 0)  # A and C come back
     found = _by_ref(engine)
     assert found["pay_A"]["status"] == "open" and found["ch_C"]["status"] == "open"
-    assert found["ch_C"]["first_seen"] == nov[0] and found["ch_C"]["cleared_on"] is None
-    assert _audit(engine, fid)[-1] == ("reopened", "resolved", "open", "run:test", "seen again on 2026-11-11")
+    assert found["ch_C"]["first_seen"] == days[0] and found["ch_C"]["cleared_on"] is None
+    assert _audit(engine, fid)[-1] == ("reopened", "resolved", "open", "run:test", f"seen again on {days[10]}")
 
     with engine.connect() as conn:
-        meta = findings.metadata(conn, SOURCE, nov[10], nov[11])
-    assert meta["open_findings"] == 3 and meta["new_findings"] == 1
+        meta = findings.metadata(conn, SOURCE, days[10], days[11], as_of=days[10])
+    assert meta["open_findings"] == 4 and meta["new_findings"] == 1
     bands = {(r["kind"], r["band"], r["currency"]): (r["findings"], r["amount"]) for r in meta["open_findings_by_age"]}
     assert bands == {
         ("unapplied_payment", "8-30", "USD"): (1, "50.00"),
         ("missing_internal", "8-30", "KWD"): (1, "1.234"),
         ("missing_internal", "0-1", "JPY"): (1, "700"),
+        ("missing_at_provider", "0-1", "USD"): (1, "3.00"),
     }
     assert [(r["kind"], r["currency"], r["amount"]) for r in meta["new_findings_by_kind"]] == [
         ("missing_internal", "JPY", "700")

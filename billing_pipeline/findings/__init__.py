@@ -1,17 +1,17 @@
 """Findings finance works through (recon.findings) over the per-day observations (recon.discrepancies).
 
 A finding is identified by (source, kind, organisation, reference): seen again on a later day it is the
-same finding, with its first and last day seen and its age (last seen - first seen, in days). Every
-reconciliation calls `observe(conn, source, d0, d1)` after writing its days [d0, d1): one set-based
-step that inserts/updates what it saw, reopens resolved or cleared findings that came back and closes
-as `cleared` the open ones the data no longer shows. People move a finding with `set_status`
+same finding, with its first and last day seen and its age (days since first seen, today in UTC, or
+until it closed). Every reconciliation calls `observe(conn, source, d0, d1)` after writing its days
+[d0, d1): one set-based step that closes as `cleared` the open ones those days no longer show,
+inserts/updates what it saw and reopens resolved or cleared findings seen on a later day. People move a finding with `set_status`
 (open -> acknowledged -> resolved | wont_fix), each change with its note and actor in the audit log.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 
 import sqlalchemy as sa
 
@@ -33,7 +33,10 @@ AMOUNT_SQL = (
     " THEN abs(COALESCE(provider_amount_minor, 0) - COALESCE(internal_amount_minor, 0))"
     " ELSE COALESCE(provider_amount_minor, internal_amount_minor) END"
 )
-AGE_SQL = "(last_seen - first_seen)"
+AGE_SQL = (
+    "greatest(0, CASE WHEN status IN ('open', 'acknowledged') THEN CAST(:as_of AS date)"
+    " ELSE COALESCE(cleared_on, (status_changed_at AT TIME ZONE 'UTC')::date) END - first_seen)"
+)
 BAND_SQL = (
     f"CASE WHEN {AGE_SQL} <= 1 THEN '0-1' WHEN {AGE_SQL} <= 7 THEN '2-7'"
     f" WHEN {AGE_SQL} <= 30 THEN '8-30' ELSE '>30' END"
@@ -54,8 +57,8 @@ class Observed:
 def observe(conn: sa.Connection, source: str, d0: date, d1: date, *, actor: str | None = None) -> Observed:
     """Fold the source's recon.discrepancies of the days [d0, d1) into recon.findings (caller's transaction)."""
     params = {"source": source, "d0": d0, "d1": d1, "actor": actor or f"asset:{source}"}
-    row = conn.execute(statement("billing_pipeline.findings", "observe_findings"), params).one()
     cleared = conn.execute(statement("billing_pipeline.findings", "clear_findings"), params).rowcount
+    row = conn.execute(statement("billing_pipeline.findings", "observe_findings"), params).one()
     return Observed(row.observed, row.reopened, cleared)
 
 
@@ -90,6 +93,7 @@ def list_findings(
     provider: str | None = None,
     older_than_days: int | None = None,
     source: str | None = None,
+    as_of: date | None = None,
 ) -> list[dict]:
     """Findings, oldest first, with their age in days and the amount at stake (minor units)."""
     query = sa.text(f"""
@@ -105,7 +109,7 @@ def list_findings(
         ORDER BY first_seen, finding_id
     """)
     params = {"only_open": only_open, "kind": kind, "provider": provider, "source": source,
-              "older": older_than_days}
+              "older": older_than_days, "as_of": as_of or utc_today()}
     return [dict(r) for r in conn.execute(query, params).mappings()]
 
 
@@ -129,10 +133,15 @@ _NEW = sa.text(f"""
 """)
 
 
-def metadata(conn: sa.Connection, source: str, d0: date, d1: date) -> dict:
+def utc_today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+def metadata(conn: sa.Connection, source: str, d0: date, d1: date, *, as_of: date | None = None) -> dict:
     """What each reconciliation asset shows: open findings by kind and age band with amounts per
     currency (JSON and Markdown), beside the findings first seen in [d0, d1)."""
-    open_rows = [dict(r) for r in conn.execute(_OPEN_BY_BAND, {"source": source, "bands": list(AGE_BANDS)}).mappings()]
+    params = {"source": source, "bands": list(AGE_BANDS), "as_of": as_of or utc_today()}
+    open_rows = [dict(r) for r in conn.execute(_OPEN_BY_BAND, params).mappings()]
     new_rows = [dict(r) for r in conn.execute(_NEW, {"source": source, "d0": d0, "d1": d1}).mappings()]
 
     def as_json(rows: list[dict]) -> list[dict]:
