@@ -72,3 +72,27 @@ def test_month_close_ties_out_and_writes_the_report(october, settings):
     (check,) = failed.get_asset_check_evaluations()
     assert not check.passed and check.metadata["KWD"].value == -500
     assert "DOES NOT TIE OUT" in (folder / "month_close.html").read_text()
+
+
+def test_the_report_renders_in_headless_chromium(tmp_path):
+    """The HTML report as a browser shows it: Chromium's rendered DOM has every currency's totals.
+    A missing browser fails loudly (`make test` installs Debian's chromium)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is not installed: run `make chromium` (Debian package chromium)"
+    close = closing.MonthClose(NOV, [
+        closing.CurrencyClose("USD", {"outstanding_start": 10000, "invoiced": 123456, "collected": 5000,
+                                      "outstanding_end": 128456}),
+        closing.CurrencyClose("KWD", {"invoiced": 1234567, "outstanding_end": 1234567}),
+        closing.CurrencyClose("JPY", {"invoiced": 98765, "outstanding_end": 98765}),
+    ])
+    html_path, _ = closing.write_report(close, tmp_path)
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", html_path.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert "Ties out" in dom
+    for text in ("$1,234.56", "$1,284.56", "KWD1,234.567", "¥98,765", "$50.00"):
+        assert text in dom, (text, dom[:2000])
