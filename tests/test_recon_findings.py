@@ -130,3 +130,33 @@ def test_findings_of_one_source_leave_the_others_alone(engine):
         observed = findings.observe(conn, "call_reconciliation", day + timedelta(days=1), day + timedelta(days=2))
     assert observed == findings.Observed(0, 0, 0)
     assert _by_ref(engine)["pay_A"]["status"] == "open"
+
+
+def test_captured_money_no_invoice_takes_is_an_unapplied_payment_finding(engine):
+    """A charge the provider and our ledger agree on, webhook seen, that no finalized invoice takes:
+    `unapplied_payment` (money we hold unexplained), not `missing_internal`; it becomes a finding."""
+    from billing_pipeline.payments import reconciliation
+
+    day = date(2026, 11, 9)
+    with engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO billing.provider_syncs (provider, sync_date, window_start, window_end, counts, synced_by)
+            VALUES ('stripe', :d, :d, CAST(:d AS date) + 1, '{}', 'run:test')"""), {"d": day})
+        conn.execute(sa.text("""
+            INSERT INTO billing.provider_records (provider, object_type, object_id, amount_minor, currency, status,
+                provider_status, created_at, raw)
+            VALUES ('stripe', 'charge', 'ch_unapplied', 2500, 'USD', 'captured', 'succeeded', '2026-11-09T08:00Z', '{}')
+        """))
+        conn.execute(sa.text("""
+            INSERT INTO billing.payments (provider, object_type, object_id, organisation_id, amount_minor, currency,
+                status, status_rank, provider_status, provider_created_at, first_seen_via, webhook_seen_at, raw)
+            VALUES ('stripe', 'charge', 'ch_unapplied', 'org_x', 2500, 'USD', 'captured', 5, 'succeeded',
+                    '2026-11-09T08:00Z', 'webhook', '2026-11-09T08:00:05Z', '{}')
+        """))
+        reconciliation.reconcile_payments(conn, day, day + timedelta(days=1))
+        kinds = conn.execute(sa.text(
+            "SELECT kind, reference, provider_amount_minor FROM recon.discrepancies")).all()
+    assert [tuple(k) for k in kinds] == [("unapplied_payment", "ch_unapplied", 2500)]
+    with engine.connect() as conn:
+        (finding,) = findings.list_findings(conn, only_open=True, kind="unapplied_payment")
+    assert finding["reference"] == "ch_unapplied" and finding["amount_minor"] == 2500
