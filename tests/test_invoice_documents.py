@@ -4,6 +4,7 @@ currency's decimals (JPY 0, USD 2, KWD 3); the stored sha256 proves the document
 from __future__ import annotations
 
 import io
+from datetime import UTC
 
 import pytest
 import sqlalchemy as sa
@@ -49,13 +50,20 @@ def test_every_finalized_invoice_gets_one_pdf_with_its_lines_and_totals(october,
         for line in lines(engine, inv["invoice_id"]).values():
             name = names.get(line["metric"], "Minimum commitment true-up")
             amount = render.money(line["amount_minor"], currency)
-            assert sum(p.startswith(f"{name} ") and p.endswith(f" {amount}") for p in printed) == 1, (line, text)
+            assert sum(p.startswith(f"{name} ") and p.endswith(f" {amount}") for p in printed) == 1, (
+                line,
+                text,
+            )
         if org == "org_usd":
             assert inv["discount_minor"] > 0 and inv["credits_applied_minor"] > 0 and inv["tax_minor"] > 0
             assert f"Discount launch -{render.money(inv['discount_minor'], currency)}" in text
             assert f"Credits applied -{render.money(inv['credits_applied_minor'], currency)}" in text
             assert f"Tax (20%) {render.money(inv['tax_minor'], currency)}" in text
-            assert "Dollar Co" in text and "Customer id: org_usd" in text and "Period: 2026-10-01 to 2026-10-31" in text
+            assert (
+                "Dollar Co" in text
+                and "Customer id: org_usd" in text
+                and "Period: 2026-10-01 to 2026-10-31" in text
+            )
 
     jpy, usd, kwd = (issued[o]["number"] for o in ("org_jpy", "org_usd", "org_kwd"))
     assert "." not in render.money(issued["org_jpy"]["total_minor"], "JPY")
@@ -65,9 +73,12 @@ def test_every_finalized_invoice_gets_one_pdf_with_its_lines_and_totals(october,
     assert result.exit_code == 0, result.output
     with engine.connect() as conn:
         stored, digest = documents.stored_pdf(conn, usd)
-        audited = conn.execute(sa.text(
-            "SELECT count(*) FROM billing.audit_log WHERE action = 'document_rendered' AND entity_id = :n"),
-            {"n": kwd}).scalar_one()
+        audited = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM billing.audit_log WHERE action = 'document_rendered' AND entity_id = :n"
+            ),
+            {"n": kwd},
+        ).scalar_one()
         with pytest.raises(sa.exc.DBAPIError, match="append-only"):
             conn.execute(sa.text("UPDATE billing.invoice_documents SET pdf = pdf || '\\x00'::bytea"))
     assert out.read_bytes() == stored and digest in result.output and audited == 1
@@ -77,17 +88,26 @@ def test_every_finalized_invoice_gets_one_pdf_with_its_lines_and_totals(october,
 
 
 def test_rendering_is_deterministic_and_open_to_other_documents():
-    from datetime import datetime, timezone
+    from datetime import datetime
     from decimal import Decimal
 
     doc = render.Document(
-        kind="credit_note", title="Credit note", number="CN-2026-000001",
-        issued_at=datetime(2026, 11, 2, tzinfo=timezone.utc), currency="KWD",
-        seller=render.Party("Seller Ltd", ("1 Road",)), customer=render.Party("Dinar Co", ("org_kwd",)),
-        lines=[render.Line("Tokens", Decimal("1000"), Decimal("0.0005"), 500)],
-        summary=[("Total", -500)], total_minor=-500,
+        kind="credit_note",
+        title="Credit note",
+        number="CN-2026-000001",
+        issued_at=datetime(2026, 11, 2, tzinfo=UTC),
+        currency="KWD",
+        seller=render.Party("Seller Ltd", ("1 Road",)),
+        customer=render.Party("Dinar Co", ("org_kwd",)),
+        lines=[render.Line("Tokens", Decimal(1000), Decimal("0.0005"), 500)],
+        summary=[("Total", -500)],
+        total_minor=-500,
     )
     first, second = render.render(doc), render.render(doc)
     assert first == second
     text = _text(first)
-    assert "Credit note CN-2026-000001" in text and "Tokens 1,000 0.0005 0.500" in text and "Total -0.500" in text
+    assert (
+        "Credit note CN-2026-000001" in text
+        and "Tokens 1,000 0.0005 0.500" in text
+        and "Total -0.500" in text
+    )

@@ -22,8 +22,10 @@ E = ("missing_at_provider", "org_e", "ch_E", 300, None, "USD")
 def _day(engine, day: date, rows) -> findings.Observed:
     """What a reconciliation does for one day: replace its rows, then the shared findings step."""
     with engine.begin() as conn:
-        conn.execute(sa.text("DELETE FROM recon.discrepancies WHERE source = :s AND recon_date = :d"),
-                     {"s": SOURCE, "d": day})
+        conn.execute(
+            sa.text("DELETE FROM recon.discrepancies WHERE source = :s AND recon_date = :d"),
+            {"s": SOURCE, "d": day},
+        )
         for kind, org, ref, internal, provider, currency in rows:
             conn.execute(
                 sa.text("""
@@ -31,8 +33,17 @@ def _day(engine, day: date, rows) -> findings.Observed:
                         internal_amount_minor, provider_amount_minor, currency, detail)
                     VALUES (:d, :s, :kind, 'stripe', :org, :ref, :internal, :provider, :currency, :detail)
                 """),
-                {"d": day, "s": SOURCE, "kind": kind, "org": org, "ref": ref, "internal": internal,
-                 "provider": provider, "currency": currency, "detail": f"{ref} on {day}"},
+                {
+                    "d": day,
+                    "s": SOURCE,
+                    "kind": kind,
+                    "org": org,
+                    "ref": ref,
+                    "internal": internal,
+                    "provider": provider,
+                    "currency": currency,
+                    "detail": f"{ref} on {day}",
+                },
             )
         return findings.observe(conn, SOURCE, day, day + timedelta(days=1), actor="run:test")
 
@@ -45,8 +56,10 @@ def _by_ref(engine):
 def _audit(engine, finding_id):
     with engine.connect() as conn:
         return conn.execute(
-            sa.text("SELECT action, from_state, to_state, actor, detail->>'note' FROM billing.audit_log"
-                    " WHERE entity_type = 'recon_finding' AND entity_id = :id ORDER BY audit_id"),
+            sa.text(
+                "SELECT action, from_state, to_state, actor, detail->>'note' FROM billing.audit_log"
+                " WHERE entity_type = 'recon_finding' AND entity_id = :id ORDER BY audit_id"
+            ),
             {"id": str(finding_id)},
         ).all()
 
@@ -65,7 +78,12 @@ def test_findings_keep_identity_age_clear_and_reopen(engine):
     a, b, c = found["pay_A"], found["inv_B"], found["ch_C"]
     assert (a["status"], a["first_seen"], a["last_seen"], a["age_days"]) == ("open", days[0], days[9], 12)
     assert found["ch_E"]["age_days"] == 3
-    assert (b["status"], b["cleared_on"], b["last_seen"], b["amount_minor"]) == ("cleared", days[1], days[0], 600)
+    assert (b["status"], b["cleared_on"], b["last_seen"], b["amount_minor"]) == (
+        "cleared",
+        days[1],
+        days[0],
+        600,
+    )
     assert (c["status"], c["cleared_on"], c["age_days"]) == ("cleared", days[0], 0)
     assert _audit(engine, c["finding_id"]) == [
         ("cleared", "open", "cleared", "run:test", f"cleared by data on {days[0]}")
@@ -87,7 +105,9 @@ def test_findings_keep_identity_age_clear_and_reopen(engine):
     assert runner.invoke(recon_app, ["resolve", fid]).exit_code != 0  # a note is required
     ack = runner.invoke(recon_app, ["ack", fid, "--note", "looking", "--actor", "cli:finance"])
     assert ack.exit_code == 0, ack.output
-    done = runner.invoke(recon_app, ["resolve", fid, "--note", "refunded to the customer", "--actor", "cli:finance"])
+    done = runner.invoke(
+        recon_app, ["resolve", fid, "--note", "refunded to the customer", "--actor", "cli:finance"]
+    )
     assert done.exit_code == 0, done.output
     again = runner.invoke(recon_app, ["ack", fid])
     assert again.exit_code == 1 and "resolved" in again.output
@@ -97,7 +117,9 @@ def test_findings_keep_identity_age_clear_and_reopen(engine):
         ("acknowledged", "open", "acknowledged", "cli:finance", "looking"),
         ("resolved", "acknowledged", "resolved", "cli:finance", "refunded to the customer"),
     ]
-    assert "0 finding(s)" in runner.invoke(recon_app, ["list", "--open", "--kind", "unapplied_payment"]).output
+    assert (
+        "0 finding(s)" in runner.invoke(recon_app, ["list", "--open", "--kind", "unapplied_payment"]).output
+    )
 
     _day(engine, days[9], [A, E])  # re-running a day it was already seen on does not reopen it
     assert _by_ref(engine)["pay_A"]["status"] == "resolved"
@@ -105,12 +127,21 @@ def test_findings_keep_identity_age_clear_and_reopen(engine):
     found = _by_ref(engine)
     assert found["pay_A"]["status"] == "open" and found["ch_C"]["status"] == "open"
     assert found["ch_C"]["first_seen"] == days[0] and found["ch_C"]["cleared_on"] is None
-    assert _audit(engine, fid)[-1] == ("reopened", "resolved", "open", "run:test", f"seen again on {days[10]}")
+    assert _audit(engine, fid)[-1] == (
+        "reopened",
+        "resolved",
+        "open",
+        "run:test",
+        f"seen again on {days[10]}",
+    )
 
     with engine.connect() as conn:
         meta = findings.metadata(conn, SOURCE, days[10], days[11], as_of=days[10])
     assert meta["open_findings"] == 4 and meta["new_findings"] == 1
-    bands = {(r["kind"], r["band"], r["currency"]): (r["findings"], r["amount"]) for r in meta["open_findings_by_age"]}
+    bands = {
+        (r["kind"], r["band"], r["currency"]): (r["findings"], r["amount"])
+        for r in meta["open_findings_by_age"]
+    }
     assert bands == {
         ("unapplied_payment", "8-30", "USD"): (1, "50.00"),
         ("missing_internal", "8-30", "KWD"): (1, "1.234"),
@@ -127,7 +158,9 @@ def test_findings_of_one_source_leave_the_others_alone(engine):
     day = date(2026, 11, 1)
     _day(engine, day, [A])
     with engine.begin() as conn:
-        observed = findings.observe(conn, "call_reconciliation", day + timedelta(days=1), day + timedelta(days=2))
+        observed = findings.observe(
+            conn, "call_reconciliation", day + timedelta(days=1), day + timedelta(days=2)
+        )
     assert observed == findings.Observed(0, 0, 0)
     assert _by_ref(engine)["pay_A"]["status"] == "open"
 
@@ -139,23 +172,31 @@ def test_captured_money_no_invoice_takes_is_an_unapplied_payment_finding(engine)
 
     day = date(2026, 11, 9)
     with engine.begin() as conn:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             INSERT INTO billing.provider_syncs (provider, sync_date, window_start, window_end, counts, synced_by)
-            VALUES ('stripe', :d, :d, CAST(:d AS date) + 1, '{}', 'run:test')"""), {"d": day})
-        conn.execute(sa.text("""
+            VALUES ('stripe', :d, :d, CAST(:d AS date) + 1, '{}', 'run:test')"""),
+            {"d": day},
+        )
+        conn.execute(
+            sa.text("""
             INSERT INTO billing.provider_records (provider, object_type, object_id, amount_minor, currency, status,
                 provider_status, created_at, raw)
             VALUES ('stripe', 'charge', 'ch_unapplied', 2500, 'USD', 'captured', 'succeeded', '2026-11-09T08:00Z', '{}')
-        """))
-        conn.execute(sa.text("""
+        """)
+        )
+        conn.execute(
+            sa.text("""
             INSERT INTO billing.payments (provider, object_type, object_id, organisation_id, amount_minor, currency,
                 status, status_rank, provider_status, provider_created_at, first_seen_via, webhook_seen_at, raw)
             VALUES ('stripe', 'charge', 'ch_unapplied', 'org_x', 2500, 'USD', 'captured', 5, 'succeeded',
                     '2026-11-09T08:00Z', 'webhook', '2026-11-09T08:00:05Z', '{}')
-        """))
+        """)
+        )
         reconciliation.reconcile_payments(conn, day, day + timedelta(days=1))
-        kinds = conn.execute(sa.text(
-            "SELECT kind, reference, provider_amount_minor FROM recon.discrepancies")).all()
+        kinds = conn.execute(
+            sa.text("SELECT kind, reference, provider_amount_minor FROM recon.discrepancies")
+        ).all()
     assert [tuple(k) for k in kinds] == [("unapplied_payment", "ch_unapplied", 2500)]
     with engine.connect() as conn:
         (finding,) = findings.list_findings(conn, only_open=True, kind="unapplied_payment")

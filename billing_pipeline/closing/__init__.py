@@ -21,13 +21,30 @@ from billing_pipeline.money import from_minor
 from billing_pipeline.sql_files import statement
 from billing_pipeline.utc import utc_midnight
 
-FIGURES = ("outstanding_start", "invoiced", "credited", "collected", "refunded", "outstanding_end",
-           "wallet_top_up", "wallet_call_charge", "wallet_adjustment", "open_findings", "open_findings_amount")
+FIGURES = (
+    "outstanding_start",
+    "invoiced",
+    "credited",
+    "collected",
+    "refunded",
+    "outstanding_end",
+    "wallet_top_up",
+    "wallet_call_charge",
+    "wallet_adjustment",
+    "open_findings",
+    "open_findings_amount",
+)
 LABELS = {
-    "outstanding_start": "Outstanding at month start", "invoiced": "Invoiced", "credited": "Credited",
-    "collected": "Collected", "refunded": "Refunded", "outstanding_end": "Outstanding at month end",
-    "wallet_top_up": "Wallet top-ups", "wallet_call_charge": "Wallet call charges",
-    "wallet_adjustment": "Wallet adjustments", "open_findings": "Open findings (count)",
+    "outstanding_start": "Outstanding at month start",
+    "invoiced": "Invoiced",
+    "credited": "Credited",
+    "collected": "Collected",
+    "refunded": "Refunded",
+    "outstanding_end": "Outstanding at month end",
+    "wallet_top_up": "Wallet top-ups",
+    "wallet_call_charge": "Wallet call charges",
+    "wallet_adjustment": "Wallet adjustments",
+    "open_findings": "Open findings (count)",
     "open_findings_amount": "Open findings (amount)",
 }
 
@@ -42,8 +59,13 @@ class CurrencyClose:
 
     @property
     def expected_end(self) -> int:
-        return (self.get("outstanding_start") + self.get("invoiced") - self.get("credited")
-                - self.get("collected") + self.get("refunded"))
+        return (
+            self.get("outstanding_start")
+            + self.get("invoiced")
+            - self.get("credited")
+            - self.get("collected")
+            + self.get("refunded")
+        )
 
     @property
     def difference(self) -> int:
@@ -60,14 +82,19 @@ class MonthClose:
         return all(c.difference == 0 for c in self.currencies)
 
     def as_metadata(self) -> dict:
-        return {c.currency: {**{n: c.get(n) for n in FIGURES}, "difference": c.difference} for c in self.currencies}
+        return {
+            c.currency: {**{n: c.get(n) for n in FIGURES}, "difference": c.difference}
+            for c in self.currencies
+        }
 
 
 def month_close(conn: sa.Connection, month: date) -> MonthClose:
     start = month.replace(day=1)
     end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
-    rows = conn.execute(statement("billing_pipeline.closing", "month_figures"),
-                        {"start": utc_midnight(start), "end": utc_midnight(end)}).all()
+    rows = conn.execute(
+        statement("billing_pipeline.closing", "month_figures"),
+        {"start": utc_midnight(start), "end": utc_midnight(end)},
+    ).all()
     by_currency: dict[str, CurrencyClose] = {}
     for label, currency, amount in rows:
         by_currency.setdefault(currency, CurrencyClose(currency)).figures[label] = int(amount)
@@ -89,17 +116,25 @@ def write_report(close: MonthClose, reports_dir: Path, locale: str = "en_US") ->
     folder.mkdir(parents=True, exist_ok=True)
     title = f"Month close {close.month:%Y-%m}"
     status = "Ties out" if close.ties_out else "DOES NOT TIE OUT"
-    parts = [f"<!doctype html><html lang='{html.escape(locale.replace('_', '-'))}'><head><meta charset='utf-8'>"
-             f"<title>{title}</title><style>body{{font-family:sans-serif}}td,th{{padding:4px 12px;"
-             f"text-align:right}}th:first-child,td:first-child{{text-align:left}}</style></head><body>",
-             f"<h1>{title}</h1><p id='status'>{status}</p>"]
+    parts = [
+        f"<!doctype html><html lang='{html.escape(locale.replace('_', '-'))}'><head><meta charset='utf-8'>"
+        f"<title>{title}</title><style>body{{font-family:sans-serif}}td,th{{padding:4px 12px;"
+        f"text-align:right}}th:first-child,td:first-child{{text-align:left}}</style></head><body>",
+        f"<h1>{title}</h1><p id='status'>{status}</p>",
+    ]
     for c in close.currencies:
-        parts.append(f"<h2>{c.currency}</h2><table id='close-{c.currency}'><tr><th>Figure</th><th>Amount</th></tr>")
+        parts.append(
+            f"<h2>{c.currency}</h2><table id='close-{c.currency}'><tr><th>Figure</th><th>Amount</th></tr>"
+        )
         for name in FIGURES:
-            parts.append(f"<tr><td>{LABELS[name]}</td><td>{html.escape(_amount(name, c.get(name), c.currency, locale))}"
-                         "</td></tr>")
-        parts.append(f"<tr><td>Difference (tie-out)</td><td>{html.escape(_amount('d', c.difference, c.currency, locale))}"
-                     "</td></tr></table>")
+            parts.append(
+                f"<tr><td>{LABELS[name]}</td><td>{html.escape(_amount(name, c.get(name), c.currency, locale))}"
+                "</td></tr>"
+            )
+        parts.append(
+            f"<tr><td>Difference (tie-out)</td><td>{html.escape(_amount('d', c.difference, c.currency, locale))}"
+            "</td></tr></table>"
+        )
     parts.append("</body></html>")
     html_path = folder / "month_close.html"
     html_path.write_text("".join(parts), encoding="utf-8")

@@ -74,12 +74,12 @@ def invoice_document(inv, lines, issuer: render.Party) -> render.Document:
         currency=inv["currency"],
         seller=issuer,
         customer=render.Party(inv["customer_name"], tuple(customer_lines)),
-        lines=[
-            render.Line(_describe(ln), ln["units"], _unit_price(ln), ln["amount_minor"]) for ln in lines
-        ],
+        lines=[render.Line(_describe(ln), ln["units"], _unit_price(ln), ln["amount_minor"]) for ln in lines],
         summary=summary,
-        facts=[("Period", f"{inv['period_start']:%Y-%m-%d} to {last_day:%Y-%m-%d}"),
-               ("Plan", f"{inv['plan_code']} v{inv['plan_version']}")],
+        facts=[
+            ("Period", f"{inv['period_start']:%Y-%m-%d} to {last_day:%Y-%m-%d}"),
+            ("Plan", f"{inv['plan_code']} v{inv['plan_version']}"),
+        ],
         total_minor=inv["total_minor"],
     )
 
@@ -98,14 +98,35 @@ def store(conn: sa.Connection, docs: list[tuple[render.Document, int]], actor: s
     for doc, invoice_id in docs:
         pdf = render.render(doc)
         digest = render.sha256(pdf)
-        rows.append({"kind": doc.kind, "number": doc.number, "invoice_id": invoice_id, "currency": doc.currency,
-                     "total_minor": doc.total_minor, "sha256": digest, "pdf": pdf,
-                     "renderer": render.RENDERER, "actor": actor})
+        rows.append(
+            {
+                "kind": doc.kind,
+                "number": doc.number,
+                "invoice_id": invoice_id,
+                "currency": doc.currency,
+                "total_minor": doc.total_minor,
+                "sha256": digest,
+                "pdf": pdf,
+                "renderer": render.RENDERER,
+                "actor": actor,
+            }
+        )
         done.append(Rendered(doc.number, digest, doc.total_minor, doc.currency))
     if rows:
         conn.execute(_INSERT, rows)
-        record(conn, [AuditEntry(r["kind"], r["number"], "document_rendered", actor,
-                                 detail={"sha256": r["sha256"], "renderer": r["renderer"]}) for r in rows])
+        record(
+            conn,
+            [
+                AuditEntry(
+                    r["kind"],
+                    r["number"],
+                    "document_rendered",
+                    actor,
+                    detail={"sha256": r["sha256"], "renderer": r["renderer"]},
+                )
+                for r in rows
+            ],
+        )
     return done
 
 
@@ -114,18 +135,26 @@ def render_invoices(
 ) -> list[Rendered]:
     """Render every finalized invoice (of the month, or the one number) that has no document yet."""
     with engine.begin() as conn:
-        invoices = conn.execute(
-            statement(_PKG, "invoices_to_render"), {"period_start": period_start, "number": number}
-        ).mappings().all()
+        invoices = (
+            conn.execute(
+                statement(_PKG, "invoices_to_render"), {"period_start": period_start, "number": number}
+            )
+            .mappings()
+            .all()
+        )
         if not invoices:
             return []
         by_invoice = defaultdict(list)
-        for ln in conn.execute(statement(_PKG, "invoice_lines"),
-                               {"ids": [i["invoice_id"] for i in invoices]}).mappings():
+        for ln in conn.execute(
+            statement(_PKG, "invoice_lines"), {"ids": [i["invoice_id"] for i in invoices]}
+        ).mappings():
             by_invoice[ln["invoice_id"]].append(ln)
         issuer = seller()
-        return store(conn, [(invoice_document(i, by_invoice[i["invoice_id"]], issuer), i["invoice_id"])
-                            for i in invoices], actor)
+        return store(
+            conn,
+            [(invoice_document(i, by_invoice[i["invoice_id"]], issuer), i["invoice_id"]) for i in invoices],
+            actor,
+        )
 
 
 def stored_pdf(conn: sa.Connection, number: str, kind: str = "invoice") -> tuple[bytes, str] | None:

@@ -82,8 +82,14 @@ def render(doc: Document) -> bytes:
 
     def text(value: str, *, size: int = 10, style: str = "", w: float = 0, align: str = "L", ln: bool = True):
         pdf.set_font("Helvetica", style=style, size=size)
-        pdf.cell(w, 5.5, _latin1(value), align=align,
-                 new_x=XPos.LMARGIN if ln else XPos.RIGHT, new_y=YPos.NEXT if ln else YPos.TOP)
+        pdf.cell(
+            w,
+            5.5,
+            _latin1(value),
+            align=align,
+            new_x=XPos.LMARGIN if ln else XPos.RIGHT,
+            new_y=YPos.NEXT if ln else YPos.TOP,
+        )
 
     text(f"{doc.title} {doc.number}", size=16, style="B")
     pdf.ln(2)
@@ -95,18 +101,31 @@ def render(doc: Document) -> bytes:
     for i, (heading, party) in enumerate((("From", doc.seller), ("Bill to", doc.customer))):
         pdf.set_xy(pdf.l_margin + i * width / 2, top)
         pdf.set_font("Helvetica", style="B", size=10)
-        pdf.multi_cell(width / 2, 5.5, _latin1("\n".join([heading, party.name, *party.lines])),
-                       new_x=XPos.RIGHT, new_y=YPos.TOP)
+        pdf.multi_cell(
+            width / 2,
+            5.5,
+            _latin1("\n".join([heading, party.name, *party.lines])),
+            new_x=XPos.RIGHT,
+            new_y=YPos.TOP,
+        )
     pdf.set_y(top + 5.5 * (2 + max(len(doc.seller.lines), len(doc.customer.lines))) + 4)
 
-    columns = (("Description", 0.46, "L"), ("Units", 0.16, "R"), ("Unit price", 0.18, "R"),
-               (f"Amount ({doc.currency})", 0.20, "R"))
+    columns = (
+        ("Description", 0.46, "L"),
+        ("Units", 0.16, "R"),
+        ("Unit price", 0.18, "R"),
+        (f"Amount ({doc.currency})", 0.20, "R"),
+    )
     for name, share, align in columns:
         text(name, style="B", w=width * share, align=align, ln=False)
     pdf.ln()
     for line in doc.lines:
-        cells = (line.description, _number(line.units), _number(line.unit_price),
-                 money(line.amount_minor, doc.currency))
+        cells = (
+            line.description,
+            _number(line.units),
+            _number(line.unit_price),
+            money(line.amount_minor, doc.currency),
+        )
         for (_, share, align), value in zip(columns, cells, strict=True):
             text(value, w=width * share, align=align, ln=False)
         pdf.ln()

@@ -11,7 +11,7 @@ inserts/updates what it saw and reopens resolved or cleared findings seen on a l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
@@ -80,8 +80,10 @@ def set_status(conn: sa.Connection, finding_id: int, to_state: str, *, note: str
         ),
         {"to": to_state, "note": note, "id": finding_id},
     )
-    record(conn, [AuditEntry("recon_finding", str(finding_id), to_state, actor, current, to_state,
-                             {"note": note})])
+    record(
+        conn,
+        [AuditEntry("recon_finding", str(finding_id), to_state, actor, current, to_state, {"note": note})],
+    )
     return {"finding_id": finding_id, "from_state": current, "to_state": to_state}
 
 
@@ -108,8 +110,14 @@ def list_findings(
           AND (CAST(:older AS integer) IS NULL OR {AGE_SQL} > :older)
         ORDER BY first_seen, finding_id
     """)
-    params = {"only_open": only_open, "kind": kind, "provider": provider, "source": source,
-              "older": older_than_days, "as_of": as_of or utc_today()}
+    params = {
+        "only_open": only_open,
+        "kind": kind,
+        "provider": provider,
+        "source": source,
+        "older": older_than_days,
+        "as_of": as_of or utc_today(),
+    }
     return [dict(r) for r in conn.execute(query, params).mappings()]
 
 
@@ -134,7 +142,7 @@ _NEW = sa.text(f"""
 
 
 def utc_today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def metadata(conn: sa.Connection, source: str, d0: date, d1: date, *, as_of: date | None = None) -> dict:
@@ -154,13 +162,18 @@ def metadata(conn: sa.Connection, source: str, d0: date, d1: date, *, as_of: dat
         "new_findings_by_kind": as_json(new_rows),
         "open_findings_table": markdown.table(
             ["kind", "age (days)", "currency", "findings", "amount"],
-            ((r["kind"], r["band"], r["currency"], r["findings"], major(r["amount_minor"], r["currency"]))
-             for r in open_rows),
+            (
+                (r["kind"], r["band"], r["currency"], r["findings"], major(r["amount_minor"], r["currency"]))
+                for r in open_rows
+            ),
             empty="No open findings.",
         ),
         "new_findings_table": markdown.table(
             ["kind", "currency", "findings", "amount"],
-            ((r["kind"], r["currency"], r["findings"], major(r["amount_minor"], r["currency"])) for r in new_rows),
+            (
+                (r["kind"], r["currency"], r["findings"], major(r["amount_minor"], r["currency"]))
+                for r in new_rows
+            ),
             empty="No new findings.",
         ),
     }

@@ -47,8 +47,12 @@ def month_close(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     if not close.ties_out:
         context.log.error(f"month close {month:%Y-%m} does not tie out: {figures}")
     yield dg.MaterializeResult(
-        metadata={"figures": dg.MetadataValue.json(figures), "html": dg.MetadataValue.path(str(html_path)),
-                  "xlsx": dg.MetadataValue.path(str(xlsx_path)), "ties_out": close.ties_out}
+        metadata={
+            "figures": dg.MetadataValue.json(figures),
+            "html": dg.MetadataValue.path(str(html_path)),
+            "xlsx": dg.MetadataValue.path(str(xlsx_path)),
+            "ties_out": close.ties_out,
+        }
     )
     yield dg.AssetCheckResult(
         check_name=TIES_OUT,
