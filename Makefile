@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test ui bench clean
+.PHONY: install demo test ui bench clean chromium
 
 # The virtual environment is made once and reinstalled only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -24,9 +24,13 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/billing-pipeline demo run
 
+# Headless Chromium renders the month-close report in tests (Debian's package, installed when missing).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+
 # Two passes: everything on the embedded PostgreSQL 18, then the tests not marked slow on a throwaway
 # system PostgreSQL 15 cluster (README "A real PostgreSQL"). Pass 2 fails, never skips, without it.
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 	BILLING_TEST_SERVER=pg15 $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" -p no:cacheprovider
 

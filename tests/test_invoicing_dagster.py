@@ -18,6 +18,7 @@ from billing_pipeline.settings import load_settings
 
 DRAFTS = dg.AssetKey("invoice_drafts")
 FINALIZED = dg.AssetKey("finalized_invoices")
+DOCUMENTS = dg.AssetKey("invoice_documents")
 JOB = defs.resolve_job_def("monthly_invoicing_job")
 SEP = date(2026, 9, 1)
 
@@ -47,9 +48,10 @@ def test_a_failing_blocking_check_stops_finalization_while_a_clean_month_finaliz
 
     october = JOB.execute_in_process(instance=instance, partition_key="2026-10-01")
     assert october.success
-    assert {m.materialization.asset_key for m in october.get_asset_materialization_events()} == {
-        DRAFTS, FINALIZED, dg.AssetKey("payment_collection")  # the monthly job collects what it finalized
-    }
+    materialized = {m.materialization.asset_key: m.materialization for m in october.get_asset_materialization_events()}
+    # the monthly job collects what it finalized and renders each invoice once
+    assert set(materialized) == {DRAFTS, FINALIZED, dg.AssetKey("payment_collection"), DOCUMENTS}
+    assert materialized[DOCUMENTS].metadata["rendered_now"].value == 5  # one PDF per finalized invoice
     evaluations = {e.check_name: e for e in october.get_asset_check_evaluations()}
     assert {name for name, e in evaluations.items() if e.passed} == set(checks.BLOCKING_CHECKS) | {checks.TOTAL_JUMP}
     finalized = invoices(engine, OCT)

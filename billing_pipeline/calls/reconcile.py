@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from billing_pipeline import markdown
+from billing_pipeline import findings, markdown
 from billing_pipeline.calls import sql_text
 from billing_pipeline.calls.charging import ChargeSummary, charge_calls
 from billing_pipeline.money import from_minor
@@ -97,6 +97,7 @@ def reconcile_days(
     charges = charge_calls(conn, conn.execute(_PENDING, window).scalars().all(), actor=actor)
     conn.execute(_DELETE_FINDINGS, days)
     conn.execute(sql_text("insert_findings"), window)
+    findings.observe(conn, SOURCE, start_day, end_day, actor=actor)
     conn.execute(_DELETE_SUMMARY, days)
     summary = [
         DaySummary(**{f: getattr(row, f) for f in DaySummary.__dataclass_fields__})

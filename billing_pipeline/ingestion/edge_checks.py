@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from billing_pipeline import markdown
+from billing_pipeline import findings, markdown
 from billing_pipeline import edge_store
 from billing_pipeline.ingestion.mover import stage_edge_rows, sql_text
 
@@ -91,6 +91,7 @@ def reconcile_day(engine: Engine, edge: sqlite3.Connection, day: date, *, now: d
             ),
             {"day": day, "source": SOURCE, "pending_cutoff": pending_cutoff},
         ).rowcount
+        findings.observe(conn, SOURCE, day, day + timedelta(days=1))
         pending = conn.execute(
             sa.text(
                 "SELECT count(*) FROM edge_presence WHERE NOT in_warehouse AND processed_at IS NULL"

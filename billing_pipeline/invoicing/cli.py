@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import typer
 
@@ -196,3 +197,30 @@ def export(
         with open(out, "w", encoding="utf-8", newline="") as handle:
             exports.write_csv(rows, handle)
         typer.echo(f"{len(rows)} documents written to {out}")
+
+
+@invoice_app.command("pdf")
+def pdf(
+    number: str = typer.Argument(..., help="The invoice number, e.g. INV-2026-000001."),
+    out: Path = typer.Option(None, "-o", "--out", help="PDF file to write; default: NUMBER.pdf here."),
+) -> None:
+    """Write a finalized invoice's PDF (rendered once and kept with its sha256; rendered now if missing)."""
+    from billing_pipeline.audit import cli_actor
+    from billing_pipeline.documents import invoices as documents
+    from billing_pipeline.settings import load_settings
+    from billing_pipeline.warehouse import get_engine
+
+    engine = get_engine(load_settings())
+    with engine.connect() as conn:
+        stored = documents.stored_pdf(conn, number)
+    if stored is None:
+        documents.render_invoices(engine, cli_actor(), number=number)
+        with engine.connect() as conn:
+            stored = documents.stored_pdf(conn, number)
+    if stored is None:
+        typer.echo(f"error: no finalized invoice {number}", err=True)
+        raise typer.Exit(1)
+    data, digest = stored
+    target = out or Path(f"{number}.pdf")
+    target.write_bytes(data)
+    typer.echo(f"{target}\tsha256 {digest}")

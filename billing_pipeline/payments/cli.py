@@ -15,6 +15,7 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 
+from billing_pipeline import findings
 from billing_pipeline.audit import cli_actor
 from billing_pipeline.cli_options import ActorOption
 from billing_pipeline.money import from_minor, is_valid_currency
@@ -28,7 +29,7 @@ recon_app = typer.Typer(no_args_is_help=True)
 
 @recon_app.callback()
 def recon() -> None:
-    """Reconciliation findings (recon.discrepancies)."""
+    """Reconciliation findings: per-day observations (recon.discrepancies) and the findings workflow."""
 
 
 def _engine():
@@ -125,3 +126,66 @@ def export(
             handle.close()
     if out:
         typer.echo(f"{len(rows)} finding(s) for {day:%Y-%m-%d} written to {out}", err=True)
+
+
+def _days_option(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = text.strip().lower().removesuffix("d")
+    if not value.isdigit():
+        raise typer.BadParameter(f"{text!r}: give days, e.g. 7d")
+    return int(value)
+
+
+@recon_app.command("list")
+def list_findings(
+    only_open: Annotated[bool, typer.Option("--open", help="only open or acknowledged findings")] = False,
+    kind: Annotated[str | None, typer.Option(help="only this kind, e.g. unapplied_payment")] = None,
+    provider: Annotated[str | None, typer.Option(help="only this provider")] = None,
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="only findings older than this many days, e.g. 7d")
+    ] = None,
+) -> None:
+    """Findings (recon.findings), oldest first, with their age in days and the amount at stake."""
+    days = _days_option(older_than)
+    with _engine().connect() as conn:
+        rows = findings.list_findings(conn, only_open=only_open, kind=kind, provider=provider, older_than_days=days)
+    for r in rows:
+        typer.echo(
+            f"{r['finding_id']}\t{r['status']}\t{r['source']}\t{r['kind']}\t{r['provider'] or ''}\t"
+            f"{r['organisation_id'] or ''}\t{r['reference'] or ''}\t{r['first_seen']}..{r['last_seen']}\t"
+            f"{r['age_days']}d\t{findings.major(r['amount_minor'], r['currency'])} {r['currency'] or ''}\t"
+            f"{r['detail']}"
+        )
+    typer.echo(f"{len(rows)} finding(s)")
+
+
+def _move(finding_id: int, to_state: str, note: str | None, actor: str | None) -> None:
+    try:
+        with _engine().begin() as conn:
+            findings.set_status(conn, finding_id, to_state, note=note, actor=actor or cli_actor())
+    except findings.FindingError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"finding {finding_id}: {to_state}")
+
+
+@recon_app.command("ack")
+def ack(
+    finding_id: Annotated[int, typer.Argument(help="the finding id (recon list)")],
+    note: Annotated[str | None, typer.Option(help="why, for the audit log")] = None,
+    actor: Annotated[str | None, typer.Option(help="who (default cli:<user>)")] = None,
+) -> None:
+    """Acknowledge an open finding (audited)."""
+    _move(finding_id, "acknowledged", note, actor)
+
+
+@recon_app.command("resolve")
+def resolve(
+    finding_id: Annotated[int, typer.Argument(help="the finding id (recon list)")],
+    note: Annotated[str, typer.Option(help="what was done (required; in the audit log)")],
+    wont_fix: Annotated[bool, typer.Option("--wont-fix", help="close it as wont_fix instead")] = False,
+    actor: Annotated[str | None, typer.Option(help="who (default cli:<user>)")] = None,
+) -> None:
+    """Resolve an open or acknowledged finding with a note (audited); it reopens if the data shows it again."""
+    _move(finding_id, "wont_fix" if wont_fix else "resolved", note, actor)

@@ -13,6 +13,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
+from billing_pipeline import findings
 from billing_pipeline.markdown import table as markdown_table
 from billing_pipeline.money import MINOR_UNIT_EXPONENTS, from_minor, is_valid_currency
 from billing_pipeline.payments import sql_text
@@ -98,6 +99,7 @@ def reconcile_payments(
     for statement in _DELETE:
         conn.execute(statement, days)
     found = conn.execute(sql_text("reconcile_payments"), {**window, "source": SOURCE}).one().findings
+    findings.observe(conn, SOURCE, start, end)
     totals = [dict(r) for r in conn.execute(_TOTALS, days).mappings()]
     zero = [c for c, e in MINOR_UNIT_EXPONENTS.items() if e == 0]
     three = [c for c, e in MINOR_UNIT_EXPONENTS.items() if e == 3]

@@ -5,6 +5,7 @@ import dagster as dg
 from billing_pipeline.audit import run_actor
 from billing_pipeline.calls import reconcile
 from billing_pipeline.calls.sync import replace_provider_calls
+from billing_pipeline.defs.findings import findings_metadata
 from billing_pipeline.defs.partitions import daily
 from billing_pipeline.defs.resources import AlertResource, WarehouseResource
 from billing_pipeline.providers.vapi_api import VapiClient, VapiError
@@ -116,6 +117,7 @@ def call_reconciliation(
             "charged_now_minor": result.charges.charged_minor,
             "per_day": dg.MetadataValue.md(reconcile.days_markdown(result.days)),
             "worst_findings": dg.MetadataValue.md(reconcile.findings_markdown(result.worst)),
+            **findings_metadata(warehouse.engine, reconcile.SOURCE, start.date(), end.date()),
         }
     )
     yield dg.AssetCheckResult(

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from billing_pipeline.defs.findings import findings_metadata
 from billing_pipeline.defs.partitions import daily, hourly
 from billing_pipeline.defs.resources import EdgeStoreResource, WarehouseResource
 from billing_pipeline.ingestion import edge_checks
@@ -78,6 +79,7 @@ def event_reconciliation(
             "pending_within_window": sum(f.pending for f in findings),
             "mismatched_groups": len(mismatched),
             "worst_groups": dg.MetadataValue.md(edge_checks.groups_markdown(mismatched)),
+            **findings_metadata(warehouse.engine, edge_checks.SOURCE, *window_of(context)),
         }
     )
 
@@ -108,6 +110,11 @@ def edge_retention(
             "refused_event_ids": ", ".join(result.refused_sample) or "none",
         }
     )
+
+
+def window_of(context: dg.AssetExecutionContext):
+    start, end = context.partition_time_window
+    return start.date(), end.date()
 
 
 def _days(context: dg.AssetExecutionContext):

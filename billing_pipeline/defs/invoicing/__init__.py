@@ -5,10 +5,10 @@ The month-end job and its schedule are operations' monthly_invoicing_job / month
 
 import dagster as dg
 
-from billing_pipeline.defs.invoicing.assets import finalized_invoices, invoice_drafts
+from billing_pipeline.defs.invoicing.assets import finalized_invoices, invoice_documents, invoice_drafts
 from billing_pipeline.defs.invoicing.checks import invoice_drafts_rules, invoice_drafts_sql_checks
 
 defs = dg.Definitions(
-    assets=[invoice_drafts, finalized_invoices],
+    assets=[invoice_drafts, finalized_invoices, invoice_documents],
     asset_checks=[invoice_drafts_sql_checks, invoice_drafts_rules],
 )

@@ -6,6 +6,7 @@ from billing_pipeline import markdown
 from billing_pipeline.audit import run_actor
 from billing_pipeline.defs.partitions import monthly
 from billing_pipeline.defs.resources import WarehouseResource
+from billing_pipeline.documents import invoices as invoice_pdfs
 from billing_pipeline.invoicing import drafts, finalize
 
 # The dbt model usage.usage_period (one row per organisation, metric and month).
@@ -57,4 +58,27 @@ def finalized_invoices(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     result = finalize.finalize_month(warehouse.engine, period_start, run_actor(context.run_id))
     return dg.MaterializeResult(
         metadata={**result.summary(), "dagster/row_count": len(result.invoices)}
+    )
+
+
+@dg.asset(
+    group_name="invoicing",
+    partitions_def=monthly,
+    deps=[finalized_invoices],
+    kinds={"postgres", "pdf"},
+    tags={"domain": "invoicing"},
+)
+def invoice_documents(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Each finalized invoice of the month rendered once to a PDF (billing.invoice_documents, with its
+    sha256); invoices that already have one are left as they are. `billing-pipeline invoice pdf NUMBER`."""
+    period_start = context.partition_time_window.start.date()
+    rendered = invoice_pdfs.render_invoices(warehouse.engine, run_actor(context.run_id), period_start=period_start)
+    return dg.MaterializeResult(
+        metadata={
+            "rendered_now": len(rendered),
+            "documents": dg.MetadataValue.md(
+                markdown.table(["number", "currency", "sha256"],
+                               ((r.number, r.currency, r.sha256) for r in rendered), empty="Nothing new.", limit=20)
+            ),
+        }
     )

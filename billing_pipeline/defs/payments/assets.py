@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipeline.audit import run_actor
+from billing_pipeline.defs.findings import findings_metadata
 from billing_pipeline.defs.partitions import daily
 from billing_pipeline.defs.resources import AlertResource, WarehouseResource
 from billing_pipeline.payments import handlers, inbox, reconciliation, settlement, sync
@@ -170,5 +171,6 @@ def payment_reconciliation(
             "records_by_outcome": dg.MetadataValue.json(by_kind),
             "totals": dg.MetadataValue.md(totals),
             "largest_findings": dg.MetadataValue.md(largest),
+            **findings_metadata(warehouse.engine, reconciliation.SOURCE, start.date(), end.date()),
         }
     )

@@ -12,7 +12,8 @@ from decimal import Decimal
 import dagster as dg
 import sqlalchemy as sa
 
-from billing_pipeline import markdown
+from billing_pipeline import findings, markdown
+from billing_pipeline.defs.findings import findings_metadata
 from billing_pipeline.defs.resources import WarehouseResource
 from billing_pipeline.defs.usage.assets import GROUP, USAGE_DAILY
 from billing_pipeline.defs.usage.partitions import usage_daily_partitions, window_dates
@@ -102,6 +103,7 @@ def reconcile(conn: sa.Connection, start: date, end: date) -> tuple[int, list[Ag
                 for m in mismatches
             ],
         )
+    findings.observe(conn, SOURCE, start, end)
     return checked, mismatches
 
 
@@ -144,6 +146,7 @@ def usage_reconciliation(context: dg.AssetExecutionContext, warehouse: Warehouse
     }
     if mismatches:
         metadata["worst_findings"] = dg.MetadataValue.md(_markdown(mismatches))
+    metadata.update(findings_metadata(warehouse.engine, SOURCE, start, end))
     yield dg.MaterializeResult(metadata=metadata)
     yield dg.AssetCheckResult(
         check_name="usage_matches_raw_events",

@@ -14,7 +14,7 @@
 --   duplicate            a payment made when its invoice was already fully paid (the invoice charged twice)
 --   amount_mismatch      by the end of the day of a payment its invoice is partially paid or overpaid
 --                        (duplicates aside; reference: the invoice number)
---   missing_internal     a captured payment that no finalized invoice takes
+--   unapplied_payment    a captured payment that no finalized invoice takes (money we hold unexplained)
 WITH prov AS (
     SELECT provider, object_type, object_id, created_at, amount_minor, amount_refunded_minor, currency, status,
            provider_status
@@ -118,7 +118,7 @@ findings AS (
     WHERE nth_from_day_end = 1 AND paid_through <> total_minor AND paid_through > 0
       AND provider_created_at >= :start AND provider_created_at < :end
     UNION ALL
-    SELECT 'missing_internal', l.provider, l.organisation_id, l.object_id, l.provider_created_at, NULL,
+    SELECT 'unapplied_payment', l.provider, l.organisation_id, l.object_id, l.provider_created_at, NULL,
            l.amount_minor - l.amount_refunded_minor, l.currency,
            CASE WHEN l.invoice_ref IS NOT NULL
                 THEN format('%s %s names invoice %s, which is not a finalized invoice in %s', l.provider,

@@ -1,0 +1,49 @@
+-- One month's figures per currency, for the month close. Accounting dates: an invoice counts on its
+-- issue date (period_end, the day after its period); a payment allocation (captured +, refunded -) on
+-- its payment's provider creation time; a wallet entry on its created_at. Outstanding at a time T:
+-- finalized invoices dated before T minus their allocations dated before T (computed independently of
+-- the flows, so the roll-forward proves something).
+WITH alloc AS (
+    SELECT a.invoice_id, a.amount_minor, a.currency, p.provider_created_at AS at
+    FROM billing.invoice_payments a
+    JOIN billing.payments p ON p.payment_id = a.payment_id
+),
+inv AS (
+    SELECT invoice_id, currency, total_minor, period_end::timestamp AT TIME ZONE 'UTC' AS at
+    FROM billing.invoices WHERE status = 'finalized'
+),
+outstanding AS (
+    SELECT t.label, i.currency,
+           sum(i.total_minor - COALESCE((SELECT sum(a.amount_minor) FROM alloc a
+                                         WHERE a.invoice_id = i.invoice_id AND a.at < t.at), 0))::bigint AS amount
+    FROM inv i
+    CROSS JOIN (VALUES ('outstanding_start', CAST(:start AS timestamptz)),
+                       ('outstanding_end', CAST(:end AS timestamptz))) AS t(label, at)
+    WHERE i.at < t.at
+    GROUP BY 1, 2
+),
+flows AS (
+    SELECT 'invoiced' AS label, currency, sum(total_minor)::bigint AS amount
+    FROM inv WHERE at >= :start AND at < :end GROUP BY 2
+    UNION ALL
+    SELECT CASE WHEN amount_minor > 0 THEN 'collected' ELSE 'refunded' END, currency, sum(abs(amount_minor))::bigint
+    FROM alloc WHERE at >= :start AND at < :end GROUP BY 1, 2
+    UNION ALL
+    SELECT 'wallet_' || kind, currency, sum(amount_minor)::bigint
+    FROM billing.wallet_entries WHERE created_at >= :start AND created_at < :end GROUP BY 1, 2
+    UNION ALL
+    SELECT 'open_findings_amount', currency,
+           sum(CASE WHEN kind = 'amount_mismatch'
+                    THEN abs(COALESCE(provider_amount_minor, 0) - COALESCE(internal_amount_minor, 0))
+                    ELSE COALESCE(provider_amount_minor, internal_amount_minor, 0) END)::bigint
+    FROM recon.findings WHERE status IN ('open', 'acknowledged') AND currency IS NOT NULL AND first_seen < CAST(:end AS date)
+    GROUP BY 2
+    UNION ALL
+    SELECT 'open_findings', currency, count(*)
+    FROM recon.findings WHERE status IN ('open', 'acknowledged') AND currency IS NOT NULL AND first_seen < CAST(:end AS date)
+    GROUP BY 2
+)
+SELECT label, currency, amount FROM outstanding
+UNION ALL
+SELECT label, currency, amount FROM flows
+ORDER BY currency, label

@@ -1,0 +1,168 @@
+"""Finalized invoices -> PDF documents, set-based: two queries for every invoice of a month, one insert."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from billing_pipeline.audit import AuditEntry, record
+from billing_pipeline.documents import render
+from billing_pipeline.sql_files import statement
+
+_PKG = "billing_pipeline.documents"
+_INSERT = sa.text("""
+    INSERT INTO billing.invoice_documents (document_kind, number, invoice_id, currency, total_minor, sha256, pdf,
+                                           renderer, rendered_by)
+    VALUES (:kind, :number, :invoice_id, :currency, :total_minor, :sha256, :pdf, :renderer, :actor)
+    ON CONFLICT (document_kind, number) DO NOTHING
+""")
+_STORED = sa.text(
+    "SELECT number, sha256, pdf FROM billing.invoice_documents WHERE document_kind = :kind AND number = :number"
+)
+
+
+def seller() -> render.Party:
+    """The issuing company (BILLING_SELLER_NAME; BILLING_SELLER_DETAILS: lines separated by '|')."""
+    name = os.environ.get("BILLING_SELLER_NAME", "Billing Pipeline Ltd")
+    details = os.environ.get("BILLING_SELLER_DETAILS", "")
+    return render.Party(name, tuple(p.strip() for p in details.split("|") if p.strip()))
+
+
+def _describe(line) -> str:
+    if line["kind"] == "commitment_true_up":
+        return "Minimum commitment true-up"
+    name = line["metric_name"] or line["metric"]
+    if line["kind"] == "late_usage":
+        return f"{name}: late usage of {line['original_period_start']:%Y-%m}"
+    return name
+
+
+def _unit_price(line) -> Decimal | None:
+    units = line["units"]
+    if units is None or units == 0:
+        return None
+    return Decimal(line["amount_unrounded"]) / Decimal(units)
+
+
+def invoice_document(inv, lines, issuer: render.Party) -> render.Document:
+    summary: list[tuple[str, int]] = [("Subtotal", inv["subtotal_minor"])]
+    applied = inv["discounts_applied"] or []
+    if applied:
+        summary += [(f"Discount {d.get('code', '')}".strip(), -int(d["amount_minor"])) for d in applied]
+    elif inv["discount_minor"]:
+        summary.append(("Discounts", -inv["discount_minor"]))
+    rate = (Decimal(inv["tax_rate"]) * 100).normalize()
+    summary.append((f"Tax ({rate:f}%)", inv["tax_minor"]))
+    if inv["credits_applied_minor"]:
+        summary.append(("Credits applied", -inv["credits_applied_minor"]))
+    summary += [("Total", inv["total_minor"]), ("Amount due", inv["total_minor"])]
+    customer_lines = [f"Customer id: {inv['organisation_id']}"]
+    if inv["provider_customer_id"]:
+        customer_lines.append(f"{inv['provider'].capitalize()} customer: {inv['provider_customer_id']}")
+    last_day = date.fromordinal(inv["period_end"].toordinal() - 1)
+    return render.Document(
+        kind="invoice",
+        title="Invoice",
+        number=inv["number"],
+        issued_at=inv["finalized_at"],
+        currency=inv["currency"],
+        seller=issuer,
+        customer=render.Party(inv["customer_name"], tuple(customer_lines)),
+        lines=[render.Line(_describe(ln), ln["units"], _unit_price(ln), ln["amount_minor"]) for ln in lines],
+        summary=summary,
+        facts=[
+            ("Period", f"{inv['period_start']:%Y-%m-%d} to {last_day:%Y-%m-%d}"),
+            ("Plan", f"{inv['plan_code']} v{inv['plan_version']}"),
+        ],
+        total_minor=inv["total_minor"],
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    number: str
+    sha256: str
+    total_minor: int
+    currency: str
+
+
+def store(conn: sa.Connection, docs: list[tuple[render.Document, int]], actor: str) -> list[Rendered]:
+    """Render and insert documents (document, invoice id) in the caller's transaction, audited."""
+    rows, done = [], []
+    for doc, invoice_id in docs:
+        pdf = render.render(doc)
+        digest = render.sha256(pdf)
+        rows.append(
+            {
+                "kind": doc.kind,
+                "number": doc.number,
+                "invoice_id": invoice_id,
+                "currency": doc.currency,
+                "total_minor": doc.total_minor,
+                "sha256": digest,
+                "pdf": pdf,
+                "renderer": render.RENDERER,
+                "actor": actor,
+            }
+        )
+        done.append(Rendered(doc.number, digest, doc.total_minor, doc.currency))
+    if rows:
+        conn.execute(_INSERT, rows)
+        record(
+            conn,
+            [
+                AuditEntry(
+                    r["kind"],
+                    r["number"],
+                    "document_rendered",
+                    actor,
+                    detail={"sha256": r["sha256"], "renderer": r["renderer"]},
+                )
+                for r in rows
+            ],
+        )
+    return done
+
+
+def render_invoices(
+    engine: Engine, actor: str, *, period_start: date | None = None, number: str | None = None
+) -> list[Rendered]:
+    """Render every finalized invoice (of the month, or the one number) that has no document yet."""
+    with engine.begin() as conn:
+        invoices = (
+            conn.execute(
+                statement(_PKG, "invoices_to_render"), {"period_start": period_start, "number": number}
+            )
+            .mappings()
+            .all()
+        )
+        if not invoices:
+            return []
+        by_invoice = defaultdict(list)
+        for ln in conn.execute(
+            statement(_PKG, "invoice_lines"), {"ids": [i["invoice_id"] for i in invoices]}
+        ).mappings():
+            by_invoice[ln["invoice_id"]].append(ln)
+        issuer = seller()
+        return store(
+            conn,
+            [(invoice_document(i, by_invoice[i["invoice_id"]], issuer), i["invoice_id"]) for i in invoices],
+            actor,
+        )
+
+
+def stored_pdf(conn: sa.Connection, number: str, kind: str = "invoice") -> tuple[bytes, str] | None:
+    """The stored PDF and its sha256, checked against the bytes (ValueError when they differ)."""
+    row = conn.execute(_STORED, {"kind": kind, "number": number}).one_or_none()
+    if row is None:
+        return None
+    pdf = bytes(row.pdf)
+    if render.sha256(pdf) != row.sha256:
+        raise ValueError(f"{kind} {number}: the stored document does not match its sha256")
+    return pdf, row.sha256
