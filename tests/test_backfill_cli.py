@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from billing_pipeline.cli import app
 from billing_pipeline.operations.backfill import BackfillError, parse_bound
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 REFUSE_EVENTS = """
