@@ -14,7 +14,6 @@ from billing_pipeline.definitions import defs
 from billing_pipeline.settings import load_settings
 
 pytest_plugins = ["test_invoicing_support"]
-NOV = date(2026, 11, 1)
 
 
 def _pay(engine, invoice, object_id, at, amounts):
@@ -49,9 +48,9 @@ def test_month_close_ties_out_and_writes_the_report(october, settings):
     close_month(engine, OCT)
     issued = invoices(engine, OCT)
     usd, kwd = issued["org_usd"], issued["org_kwd"]
-    _pay(engine, usd, "ch_1", "2026-11-09T10:00:00Z", [1500, -400])  # collected 15.00, refunded 4.00
+    _pay(engine, usd, "ch_1", "2026-10-29T10:00:00Z", [1500, -400])  # collected 15.00, refunded 4.00
     with engine.connect() as conn:
-        close = closing.month_close(conn, NOV)
+        close = closing.month_close(conn, OCT)
     by = {c.currency: c for c in close.currencies}
     assert close.ties_out and set(by) == {"USD", "EUR", "JPY", "KWD"}
     usd_total = sum(i["total_minor"] for i in issued.values() if i["currency"] == "USD")
@@ -66,12 +65,12 @@ def test_month_close_ties_out_and_writes_the_report(october, settings):
     result = (
         defs.resolve_job_def("__ASSET_JOB")
         .get_subset(asset_selection={dg.AssetKey("month_close")})
-        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), partition_key="2026-11-01")
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), partition_key="2026-10-01")
     )
     assert result.success
     (check,) = result.get_asset_check_evaluations()
     assert check.passed
-    folder = load_settings().home_dir / "reports" / "2026-11"
+    folder = load_settings().home_dir / "reports" / "2026-10"
     page = (folder / "month_close.html").read_text()
     assert "Ties out" in page
     assert f"${(usd_total - 1100) / 100:,.2f}" in page and "KWD" in page and "¥2" in page
@@ -87,17 +86,17 @@ def test_month_close_ties_out_and_writes_the_report(october, settings):
         for r in rows
     )
 
-    # a payment applied to an invoice before the invoice existed (October, the invoice is dated 1 November):
+    # a payment applied to an invoice before the month it bills (September, for October's invoice):
     # the roll-forward no longer ties out, and the blocking check says so
-    _pay(engine, kwd, "ch_2", "2026-10-20T10:00:00Z", [500])
+    _pay(engine, kwd, "ch_2", "2026-09-20T10:00:00Z", [500])
     with engine.connect() as conn:
-        broken = {c.currency: c for c in closing.month_close(conn, NOV).currencies}
+        broken = {c.currency: c for c in closing.month_close(conn, OCT).currencies}
     assert broken["KWD"].difference == -500 and broken["USD"].difference == 0
     failed = (
         defs.resolve_job_def("__ASSET_JOB")
         .get_subset(asset_selection={dg.AssetKey("month_close")})
         .execute_in_process(
-            instance=dg.DagsterInstance.ephemeral(), partition_key="2026-11-01", raise_on_error=False
+            instance=dg.DagsterInstance.ephemeral(), partition_key="2026-10-01", raise_on_error=False
         )
     )
     (check,) = failed.get_asset_check_evaluations()
@@ -114,7 +113,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is not installed: run `make chromium` (Debian package chromium)"
     close = closing.MonthClose(
-        NOV,
+        OCT,
         [
             closing.CurrencyClose(
                 "USD",

@@ -1,5 +1,5 @@
--- One month's figures per currency, for the month close. Accounting dates: an invoice counts on its
--- issue date (period_end, the day after its period); a payment allocation (captured +, refunded -) on
+-- One month's figures per currency, for the month close. Accounting dates: an invoice counts in the
+-- month it bills (period_start: the demo month's invoices are that month's receivables); a payment allocation (captured +, refunded -) on
 -- its payment's provider creation time; a wallet entry on its created_at. Outstanding at a time T:
 -- finalized invoices dated before T minus their allocations dated before T (computed independently of
 -- the flows, so the roll-forward proves something).
@@ -9,7 +9,7 @@ WITH alloc AS (
     JOIN billing.payments p ON p.payment_id = a.payment_id
 ),
 inv AS (
-    SELECT invoice_id, currency, total_minor, period_end::timestamp AT TIME ZONE 'UTC' AS at
+    SELECT invoice_id, currency, total_minor, period_start::timestamp AT TIME ZONE 'UTC' AS at
     FROM billing.invoices WHERE status = 'finalized'
 ),
 outstanding AS (
