@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import sqlalchemy as sa
@@ -139,3 +139,25 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
     assert "Ties out" in dom
     for text in ("$1,234.56", "$1,284.56", "KWD1,234.567", "¥98,765", "$50.00"):
         assert text in dom, (text, dom[:2000])
+
+
+def test_credit_notes_and_their_refunds_are_in_the_close_and_it_still_ties_out(october):
+    from billing_pipeline.invoicing import credit_notes
+
+    engine = october
+    close_month(engine, OCT)
+    issued = invoices(engine, OCT)
+    usd = issued["org_usd"]
+    _pay(engine, usd, "ch_1", "2026-10-29T10:00:00Z", [usd["total_minor"]])  # paid in full
+    with engine.connect() as conn:
+        before = {c.currency: c for c in closing.month_close(conn, OCT).currencies}["USD"]
+    # credited back today, returned to the wallet: in this month's close, not October's
+    credit_notes.issue(engine, usd["number"], reason="goodwill", actor="test", amount_minor=300, refund="wallet")
+    this_month = datetime.now(UTC).date().replace(day=1)
+    with engine.connect() as conn:
+        after = {c.currency: c for c in closing.month_close(conn, OCT).currencies}["USD"]
+        current = closing.month_close(conn, this_month)
+    usd_now = {c.currency: c for c in current.currencies}["USD"]
+    assert after.figures == before.figures
+    assert current.ties_out and usd_now.get("credited") == 300 and usd_now.get("refunded") == 300
+    assert usd_now.get("outstanding_end") == usd_now.get("outstanding_start")  # paid, so credited = refunded

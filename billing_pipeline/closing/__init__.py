@@ -4,7 +4,8 @@ balance at the month's start and end, wallet movements and open findings; a tie-
 opens without tools (HTML and XLSX under BILLING_HOME/reports/YYYY-MM/), amounts in major units
 formatted for the locale with Babel.
 
-Credit notes are another piece of work: until a billing.credit_notes table exists, credited is 0.
+Credited is the month's credit notes (billing.credit_notes); refunded, the negative payment
+allocations and the refunds of credit notes (billing.refunds, provider or wallet).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def month_close(conn: sa.Connection, month: date) -> MonthClose:
     ).all()
     by_currency: dict[str, CurrencyClose] = {}
     for label, currency, amount in rows:
-        by_currency.setdefault(currency, CurrencyClose(currency)).figures[label] = int(amount)
+        figures = by_currency.setdefault(currency, CurrencyClose(currency)).figures
+        figures[label] = figures.get(label, 0) + int(amount)  # refunded comes from two sources
     return MonthClose(start, [by_currency[c] for c in sorted(by_currency)])
 
 

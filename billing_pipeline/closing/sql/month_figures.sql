@@ -1,12 +1,22 @@
 -- One month's figures per currency, for the month close. Accounting dates: an invoice counts in the
--- month it bills (period_start: the demo month's invoices are that month's receivables); a payment allocation (captured +, refunded -) on
--- its payment's provider creation time; a wallet entry on its created_at. Outstanding at a time T:
--- finalized invoices dated before T minus their allocations dated before T (computed independently of
--- the flows, so the roll-forward proves something).
+-- month it bills (period_start: the demo month's invoices are that month's receivables); a payment
+-- allocation (captured +, refunded -) on its payment's provider creation time, a wallet payment of an
+-- invoice when it was made; a credit note when issued, its refund (provider or wallet) when sent; a
+-- wallet entry on its created_at. Outstanding at a time T, per invoice as billing.invoice_balances
+-- counts it: total - credited + refunded by credit notes - paid, each dated before T (computed
+-- independently of the flows, so the roll-forward proves something).
 WITH alloc AS (
     SELECT a.invoice_id, a.amount_minor, a.currency, p.provider_created_at AS at
     FROM billing.invoice_payments a
     JOIN billing.payments p ON p.payment_id = a.payment_id
+    UNION ALL
+    SELECT invoice_id, amount_minor, currency, paid_at FROM billing.invoice_wallet_payments
+),
+credit AS (
+    SELECT invoice_id, currency, amount_minor, issued_at AS at FROM billing.credit_notes
+),
+credit_refund AS (
+    SELECT invoice_id, currency, amount_minor, created_at AS at FROM billing.refunds WHERE status <> 'failed'
 ),
 inv AS (
     SELECT invoice_id, currency, total_minor, period_start::timestamp AT TIME ZONE 'UTC' AS at
@@ -14,8 +24,12 @@ inv AS (
 ),
 outstanding AS (
     SELECT t.label, i.currency,
-           sum(i.total_minor - COALESCE((SELECT sum(a.amount_minor) FROM alloc a
-                                         WHERE a.invoice_id = i.invoice_id AND a.at < t.at), 0))::bigint AS amount
+           sum(i.total_minor
+               - COALESCE((SELECT sum(c.amount_minor) FROM credit c WHERE c.invoice_id = i.invoice_id AND c.at < t.at), 0)
+               + COALESCE((SELECT sum(r.amount_minor) FROM credit_refund r
+                           WHERE r.invoice_id = i.invoice_id AND r.at < t.at), 0)
+               - COALESCE((SELECT sum(a.amount_minor) FROM alloc a
+                           WHERE a.invoice_id = i.invoice_id AND a.at < t.at), 0))::bigint AS amount
     FROM inv i
     CROSS JOIN (VALUES ('outstanding_start', CAST(:start AS timestamptz)),
                        ('outstanding_end', CAST(:end AS timestamptz))) AS t(label, at)
@@ -28,6 +42,12 @@ flows AS (
     UNION ALL
     SELECT CASE WHEN amount_minor > 0 THEN 'collected' ELSE 'refunded' END, currency, sum(abs(amount_minor))::bigint
     FROM alloc WHERE at >= :start AND at < :end GROUP BY 1, 2
+    UNION ALL
+    SELECT 'credited', c.currency, sum(c.amount_minor)::bigint
+    FROM credit c JOIN inv i USING (invoice_id) WHERE c.at >= :start AND c.at < :end GROUP BY 2
+    UNION ALL
+    SELECT 'refunded', r.currency, sum(r.amount_minor)::bigint
+    FROM credit_refund r JOIN inv i USING (invoice_id) WHERE r.at >= :start AND r.at < :end GROUP BY 2
     UNION ALL
     SELECT 'wallet_' || kind, currency, sum(amount_minor)::bigint
     FROM billing.wallet_entries WHERE created_at >= :start AND created_at < :end GROUP BY 1, 2
