@@ -131,6 +131,8 @@ def test_void_with_replacement_issues_a_new_number_with_the_same_lines_and_claim
         5000,
         "2026-02-01",
     )
+    assert rows(engine, "SELECT document_kind, number FROM billing.invoice_documents WHERE invoice_id = :i",
+                i=new["invoice_id"]) == [{"document_kind": "invoice", "number": voided.replacement_number}]
     assert rows(
         engine,
         "SELECT count(*) AS n FROM billing.invoice_late_events le JOIN billing.invoice_lines l"

@@ -181,9 +181,9 @@ def test_a_decline_opens_the_grace_period_and_dunning_retries(engine, fake_strip
     state, url = fake_stripe
     state.declined_customers.add("cus_broke")
     invoice = _org_invoice(engine, "broke", 5000, customer="cus_broke")
-    now = datetime.now(UTC)  # the fake dates its objects by the wall clock
-
-    result = _collect(engine, url, clock=FixedClock(now))
+    now = datetime.now(UTC)  # the fake dates its objects by the wall clock, in whole seconds
+    # the run's clock reads after the decline it made (a fixed clock taken before it could read earlier)
+    result = _collect(engine, url, clock=FixedClock(now + timedelta(minutes=1)))
 
     assert result.counts() == {"failed": 1} and result.grace_opened == 1
     (attempt,) = rows(engine, "SELECT * FROM billing.collection_attempts")

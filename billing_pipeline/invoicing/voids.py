@@ -183,4 +183,9 @@ def void_invoice(engine: Engine, number: str, *, reason: str, actor: str, replac
                 ),
             ],
         )
+    if replacement_number is not None:
+        # finalized now, outside the month's run: its document is rendered now too, once like every invoice's
+        from billing_pipeline.documents.invoices import render_invoices
+
+        render_invoices(engine, actor, number=replacement_number)
     return Voided(inv["invoice_id"], number, released, replacement_number, replacement_id)

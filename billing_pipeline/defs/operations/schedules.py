@@ -141,8 +141,9 @@ daily_accounts_job = _job(
 )
 monthly_invoicing_job = _job(
     "monthly_invoicing_job",
-    dg.AssetSelection.groups("invoicing") | dg.AssetSelection.assets("payment_collection"),
-    "Draft the month's invoices, check them, finalize them if every blocking check passed, and collect them.",
+    dg.AssetSelection.groups("invoicing") | dg.AssetSelection.assets("payment_collection", "month_close"),
+    "Draft the month's invoices, check them, finalize them if every blocking check passed, collect them,"
+    " and close the month (the tie-out report).",
 )
 
 webhook_inbox_job = _job(
