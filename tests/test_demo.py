@@ -55,7 +55,7 @@ def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, engine):
     assert states["void"] == 1 and states["in dunning"] == 2
     assert counts["billing.credit_notes"] == 1 and counts["billing.invoice_voids"] == 1
     assert any(step.startswith("credit note: CN-") for step in steps)
-    assert counts["billing.invoice_documents"] == 51  # one PDF per finalized invoice, the replacement too
+    assert counts["billing.invoice_documents"] == 52  # a PDF per finalized invoice (the replacement too) and credit note
     with engine.connect() as conn:
         open_findings = dict(conn.execute(sa.text(
             "SELECT source, count(*) FROM recon.findings WHERE status = 'open' GROUP BY 1")).all())

@@ -4,10 +4,13 @@ note) or to the wallet, and reconciliation that knows those refunds."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from pypdf import PdfReader
 import sqlalchemy as sa
 from test_accounts_support import (
     add_invoice,
@@ -66,7 +69,7 @@ def test_credit_notes_lower_the_amount_due_are_numbered_gap_free_and_never_excee
     assert (b["balance_minor"], b["credited_minor"], b["settlement_state"]) == (0, 10000, "paid")
     with pytest.raises(credit_notes.CreditNoteError, match="nothing left to credit"):
         credit_notes.issue(engine, invoice["number"], reason="again", actor="t")
-    assert [a[1] for a in audit(engine, "credit_note")] == ["issued", "issued"]
+    assert [a[1] for a in audit(engine, "credit_note")] == ["issued", "document_rendered"] * 2
 
     with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError):
         conn.execute(sa.text("UPDATE billing.credit_notes SET amount_minor = 1"))
@@ -134,6 +137,14 @@ def test_credit_of_chosen_lines_adds_the_invoice_tax(engine):
     assert rest.amount_minor == 4720
     (b,) = rows(engine, "SELECT * FROM billing.invoice_balances WHERE invoice_id = :i", i=invoice_id)
     assert (b["credited_minor"], b["balance_minor"]) == (7081, 0)
+
+    # each credit note is rendered once to a PDF with its sha256, like an invoice
+    docs = rows(engine, "SELECT number, sha256, pdf, total_minor FROM billing.invoice_documents"
+                        " WHERE document_kind = 'credit_note' ORDER BY number")
+    assert [(d["number"], d["total_minor"]) for d in docs] == [(tokens_note.number, 2361), (rest.number, 4720)]
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(bytes(docs[0]["pdf"]))).pages)
+    assert tokens_note.number in text and "INV-TAX-1" in text and "usage tokens" in text and "23.61" in text
+    assert hashlib.sha256(bytes(docs[0]["pdf"])).hexdigest() == docs[0]["sha256"]
 
 
 def test_a_paid_invoice_needs_a_refund_choice_and_the_wallet_gets_the_credit(engine):
@@ -242,7 +253,8 @@ def test_cli_credits_an_amount_with_its_actor_and_refuses_too_much(engine):
     assert ok.exit_code == 0, ok.output
     assert "1250" not in ok.output and "12.50 USD credited" in ok.output
     assert _balance(engine, invoice)["balance_minor"] == 10000 - 1250
-    (entry,) = rows(engine, "SELECT actor, detail FROM billing.audit_log WHERE entity_type = 'credit_note'")
+    (entry,) = rows(engine, "SELECT actor, detail FROM billing.audit_log"
+                            " WHERE entity_type = 'credit_note' AND action = 'issued'")
     assert entry["actor"] == "cli:alice" and entry["detail"]["reason"] == "late delivery"
     bad = runner.invoke(invoice_app, ["credit", invoice["number"], "--amount", "1000", "--reason", "x"])
     assert bad.exit_code == 1 and "more than remains creditable" in bad.output

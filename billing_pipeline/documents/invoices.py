@@ -84,6 +84,47 @@ def invoice_document(inv, lines, issuer: render.Party) -> render.Document:
     )
 
 
+_CREDIT_NOTE = sa.text("""
+    SELECT c.number, c.invoice_id, c.currency, c.amount_minor, c.applied_minor, c.refund_minor, c.refund_method,
+           c.reason, c.issued_at, i.number AS invoice_number, c.organisation_id, o.name AS customer_name,
+           o.provider, o.provider_customer_id
+    FROM billing.credit_notes c
+    JOIN billing.invoices i ON i.invoice_id = c.invoice_id
+    JOIN billing.organisations o ON o.organisation_id = c.organisation_id
+    WHERE c.credit_note_id = :id
+""")
+_CREDIT_NOTE_LINES = sa.text(
+    "SELECT description, amount_minor FROM billing.credit_note_lines WHERE credit_note_id = :id"
+    " ORDER BY credit_note_line_id"
+)
+
+
+def credit_note_document(conn: sa.Connection, credit_note_id: int) -> tuple[render.Document, int]:
+    """A credit note as a document (and the id of the invoice it credits), from its stored rows."""
+    cn = conn.execute(_CREDIT_NOTE, {"id": credit_note_id}).mappings().one()
+    lines = conn.execute(_CREDIT_NOTE_LINES, {"id": credit_note_id}).mappings().all()
+    summary = [("Credited", cn["amount_minor"]), ("Taken off the amount due", cn["applied_minor"])]
+    if cn["refund_minor"]:
+        summary.append((f"Refunded ({cn['refund_method']})", cn["refund_minor"]))
+    customer_lines = [f"Customer id: {cn['organisation_id']}"]
+    if cn["provider_customer_id"]:
+        customer_lines.append(f"{cn['provider'].capitalize()} customer: {cn['provider_customer_id']}")
+    document = render.Document(
+        kind="credit_note",
+        title="Credit note",
+        number=cn["number"],
+        issued_at=cn["issued_at"],
+        currency=cn["currency"],
+        seller=seller(),
+        customer=render.Party(cn["customer_name"], tuple(customer_lines)),
+        lines=[render.Line(ln["description"], None, None, ln["amount_minor"]) for ln in lines],
+        summary=summary,
+        facts=[("Credits invoice", cn["invoice_number"]), ("Reason", cn["reason"])],
+        total_minor=cn["amount_minor"],
+    )
+    return document, cn["invoice_id"]
+
+
 @dataclass(frozen=True)
 class Rendered:
     number: str

@@ -31,6 +31,7 @@ import stripe
 from sqlalchemy.engine import Engine
 
 from billing_pipeline.audit import AuditEntry, record
+from billing_pipeline.documents import invoices as documents
 from billing_pipeline.invoicing import numbering
 from billing_pipeline.payments.ledger import Seen, apply_observations
 from billing_pipeline.payments.objects import razorpay_observation, stripe_observation
@@ -268,6 +269,8 @@ def issue(
                 ),
             ],
         )
+        # rendered once, with the credit note it prints (billing.invoice_documents keeps it and its sha256)
+        documents.store(conn, [documents.credit_note_document(conn, note.credit_note_id)], actor)
     return note
 
 
