@@ -201,6 +201,24 @@ class Project(_Strict):
     name: str = Field(min_length=1)
 
 
+class BillingDetails(_Strict):
+    """Printed on invoices and credit notes (billing_pipeline/documents)."""
+
+    legal_name: str | None = Field(None, min_length=1)
+    address: list[Annotated[str, Field(min_length=1)]] = []
+    tax_id: str | None = Field(None, min_length=1)
+    email: str | None = Field(None, min_length=3)
+
+    def document_dict(self) -> dict:
+        return self.model_dump(exclude_none=True, exclude_defaults=True)
+
+
+class Seller(BillingDetails):
+    """The issuing company: its name, and the details on every document."""
+
+    name: str = Field(min_length=1)
+
+
 class Organisation(_Strict):
     id: Code
     name: str = Field(min_length=1)
@@ -214,6 +232,7 @@ class Organisation(_Strict):
     trial_ends_at: datetime | None = None
     discounts: list[Discount] = []
     projects: list[Project] = []
+    billing_details: BillingDetails | None = None
 
     _currency = field_validator("currency")(lambda v: _currency_code(v))
 
@@ -226,6 +245,7 @@ class Organisation(_Strict):
 
 
 class Catalog(_Strict):
+    seller: Seller | None = None  # absent: the seller stored by an earlier apply stays
     billable_metrics: list[BillableMetric] = Field(min_length=1)
     plans: list[Plan] = Field(min_length=1)
     organisations: list[Organisation] = []
@@ -357,7 +377,7 @@ SELECT o.organisation_id, jsonb_build_object('plan', p.code || ' v' || p.version
     'provider', o.provider, 'tax_rate', o.tax_rate, 'discounts', o.discounts,
     'prepaid_credits_minor', o.prepaid_credits_minor, 'debt_limit_minor', o.debt_limit_minor,
     'recharge_threshold_minor', o.recharge_threshold_minor, 'trial_ends_at', o.trial_ends_at,
-    'wallet_pays_invoices', o.wallet_pays_invoices) AS state
+    'wallet_pays_invoices', o.wallet_pays_invoices, 'billing_details', o.billing_details) AS state
 FROM billing.organisations o JOIN billing.plans p USING (plan_id)
 WHERE o.organisation_id = ANY(CAST(:ids AS text[]))
 """
@@ -396,11 +416,40 @@ def _organisation_audit(conn, ids: list[str], before: dict[str, dict], actor: st
     ]
 
 
+def _apply_seller(conn: sa.Connection, seller: Seller, actor: str, source: str) -> int:
+    """Upsert the one seller row; audited when it changes. Returns 1 when it changed."""
+    details = seller.document_dict()
+    name = details.pop("name")
+    digest = content_hash({"name": name, **details})
+    before = conn.execute(sa.text("SELECT name, details FROM billing.seller")).mappings().one_or_none()
+    changed = conn.execute(
+        sa.text(
+            """
+            INSERT INTO billing.seller (name, details, content_hash) VALUES (:name, CAST(:details AS jsonb), :hash)
+            ON CONFLICT (seller_id) DO UPDATE SET name = excluded.name, details = excluded.details,
+                content_hash = excluded.content_hash, updated_at = now()
+            WHERE seller.content_hash <> excluded.content_hash
+            """
+        ),
+        {"name": name, "details": json.dumps(details), "hash": digest},
+    ).rowcount
+    if changed:
+        audit.record(conn, [audit.AuditEntry(
+            "seller", "seller", "catalog_created" if before is None else "catalog_changed", actor,
+            detail={"source": source, "before": dict(before) if before else None,
+                    "after": {"name": name, "details": details}},
+        )])  # fmt: skip
+    return changed
+
+
 def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: str) -> dict:
     """Upsert the catalog in one transaction; returns counts of what changed (all zero on a re-apply)."""
-    summary = {"metrics_changed": 0, "plan_versions_created": 0, "organisations_changed": 0, "projects_changed": 0}
+    summary = {"metrics_changed": 0, "plan_versions_created": 0, "organisations_changed": 0, "projects_changed": 0,
+               "seller_changed": 0}
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('billing.catalog'))"))
+        if catalog.seller is not None:
+            summary["seller_changed"] = _apply_seller(conn, catalog.seller, applied_by, source)
         for m in catalog.billable_metrics:
             summary["metrics_changed"] += conn.execute(
                 sa.text(
@@ -479,17 +528,19 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
             entry = org.model_dump(exclude={"projects"})
             if not org.wallet.pays_invoices:  # the default: entries written before the option hash the same
                 entry["wallet"].pop("pays_invoices")
+            if org.billing_details is None:  # likewise
+                entry.pop("billing_details")
             changed = conn.execute(
                 sa.text(
                     """
                     INSERT INTO billing.organisations (organisation_id, name, plan_code, plan_id, currency,
                         provider, provider_customer_id, tax_rate, discounts, prepaid_credits_minor,
                         debt_limit_minor, recharge_threshold_minor, trial_ends_at, status, catalog_hash,
-                        wallet_pays_invoices)
+                        wallet_pays_invoices, billing_details)
                     VALUES (:id, :name, :plan, :plan_id, :currency, :provider, :customer, :tax_rate,
                         CAST(:discounts AS jsonb), :credits, :debt_limit, :recharge, :trial_ends_at,
                         CASE WHEN CAST(:trial_ends_at AS timestamptz) > now() THEN 'trialing' ELSE 'active' END,
-                        :hash, :wallet_pays)
+                        :hash, :wallet_pays, CAST(:billing_details AS jsonb))
                     ON CONFLICT (organisation_id) DO UPDATE SET name = excluded.name,
                         plan_code = excluded.plan_code, plan_id = excluded.plan_id, currency = excluded.currency,
                         provider = excluded.provider, provider_customer_id = excluded.provider_customer_id,
@@ -498,6 +549,7 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                         debt_limit_minor = excluded.debt_limit_minor,
                         recharge_threshold_minor = excluded.recharge_threshold_minor,
                         wallet_pays_invoices = excluded.wallet_pays_invoices,
+                        billing_details = excluded.billing_details,
                         trial_ends_at = excluded.trial_ends_at, catalog_hash = excluded.catalog_hash,
                         updated_at = now()
                     WHERE organisations.catalog_hash <> excluded.catalog_hash
@@ -518,6 +570,7 @@ def apply_catalog(engine: Engine, catalog: Catalog, *, source: str, applied_by: 
                     "debt_limit": org.wallet.debt_limit_minor,
                     "recharge": org.wallet.recharge_threshold_minor,
                     "wallet_pays": org.wallet.pays_invoices,
+                    "billing_details": json.dumps(org.billing_details.document_dict() if org.billing_details else {}),
                     "trial_ends_at": org.trial_ends_at,
                     "hash": content_hash(entry),
                 },

@@ -47,6 +47,11 @@ def add_org(
     currency: str = "USD",
     trial_ends_at: datetime | None = None,
 ) -> None:
+    """An organisation as `catalog apply` writes it (and the catalog's seller, once)."""
+    conn.execute(sa.text(
+        "INSERT INTO billing.seller (name, details, content_hash)"
+        " VALUES ('Test Seller Ltd', '{\"address\": [\"1 Test Road\"]}', 'h') ON CONFLICT DO NOTHING"
+    ))  # fmt: skip
     conn.execute(
         sa.text("""
         INSERT INTO billing.organisations (organisation_id, name, plan_code, plan_id, currency, provider,

@@ -85,7 +85,8 @@ def snapshot(engine) -> dict:
 def test_apply_is_idempotent(engine):
     cat = load_catalog(SMALL)
     first = apply_catalog(engine, cat, source="small.yaml", applied_by="test")
-    assert first == {"metrics_changed": 4, "plan_versions_created": 2, "organisations_changed": 2, "projects_changed": 3}
+    assert first == {"metrics_changed": 4, "plan_versions_created": 2, "organisations_changed": 2, "projects_changed": 3,
+                     "seller_changed": 0}
     before = snapshot(engine)
     again = apply_catalog(engine, load_catalog(SMALL), source="small.yaml", applied_by="test")
     assert again == dict.fromkeys(first, 0)
@@ -155,3 +156,30 @@ def test_a_wallet_can_be_told_to_pay_invoices_and_leaving_it_out_changes_nothing
             "SELECT catalog_hash FROM billing.organisations WHERE organisation_id = 'org_b'")).scalar_one()
     assert after == {"org_a": True, "org_b": False}
     assert unchanged == hashes["org_b"]  # an entry without the option keeps its hash
+
+
+def test_seller_and_billing_details_are_applied_once_and_their_changes_audited(engine):
+    data = small()
+    data["seller"] = {"name": "Seller GmbH", "address": ["Torstrasse 1", "Berlin"], "tax_id": "DE1"}
+    data["organisations"][0]["billing_details"] = {"legal_name": "Acme Inc.", "address": ["1 Main St"]}
+    first = apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v1", applied_by="cli:ann")
+    assert first["seller_changed"] == 1
+    assert apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v1", applied_by="t") == dict.fromkeys(
+        first, 0)  # fmt: skip
+    without = small()  # no seller section: the stored seller stays; no billing details: stored as {}
+    assert apply_catalog(engine, parse_catalog(yaml.safe_dump(without)), source="v2",
+                         applied_by="t")["seller_changed"] == 0  # fmt: skip
+    data["seller"]["tax_id"] = "DE2"
+    assert apply_catalog(engine, parse_catalog(yaml.safe_dump(data)), source="v3", applied_by="cli:bob")[
+        "seller_changed"] == 1  # fmt: skip
+    with engine.connect() as conn:
+        seller = conn.execute(sa.text("SELECT name, details FROM billing.seller")).one()
+        details = dict(conn.execute(sa.text("SELECT organisation_id, billing_details FROM billing.organisations")).all())
+        audited = conn.execute(sa.text(
+            "SELECT action, actor, detail -> 'after' -> 'details' ->> 'tax_id' FROM billing.audit_log"
+            " WHERE entity_type = 'seller' ORDER BY audit_id")).all()  # fmt: skip
+    assert seller == ("Seller GmbH", {"address": ["Torstrasse 1", "Berlin"], "tax_id": "DE2"})
+    org = data["organisations"][0]["id"]
+    assert details[org] == {"legal_name": "Acme Inc.", "address": ["1 Main St"]}
+    assert audited == [("catalog_created", "cli:ann", "DE1"), ("catalog_changed", "cli:bob", "DE2")]
+    assert problems({**small(), "seller": {"address": ["x"]}}) == ["seller.name: Field required"]

@@ -48,10 +48,9 @@ def test_demo_runs_every_asset_and_is_safe_to_rerun(settings, engine):
     assert statuses == {"finalized": 50, "void": 1}  # one voided and replaced
     assert kinds == PAYMENT_KINDS
     assert missing_calls > 0
-    # the month ends with every invoice collected, in dunning, or waiting on a link (no provider: asked to pay)
+    # the month ends with every invoice collected, in dunning, or waiting on a link
     states = collection_states(engine, date(2026, 10, 1))
-    assert set(states) == {"void", "collected", "in dunning", "waiting on a payment link",
-                           "asked to pay (no provider)"}, states
+    assert set(states) == {"void", "collected", "in dunning", "waiting on a payment link"}, states
     assert states["void"] == 1 and states["in dunning"] == 2
     assert counts["billing.credit_notes"] == 1 and counts["billing.invoice_voids"] == 1
     assert any(step.startswith("credit note: CN-") for step in steps)

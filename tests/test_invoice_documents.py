@@ -27,9 +27,9 @@ def test_every_finalized_invoice_gets_one_pdf_with_its_lines_and_totals(october,
     engine = october
     close_month(engine, OCT)
     issued = invoices(engine, OCT)
-    rendered = documents.render_invoices(engine, "run:test", period_start=OCT)
+    rendered = documents.render_documents(engine, "run:test", period_start=OCT)
     assert sorted(r.number for r in rendered) == sorted(i["number"] for i in issued.values())
-    assert documents.render_invoices(engine, "run:test", period_start=OCT) == []  # once only
+    assert documents.render_documents(engine, "run:test", period_start=OCT) == []  # once only
 
     with engine.connect() as conn:
         names = dict(conn.execute(sa.text("SELECT code, name FROM billing.billable_metrics")).all())
@@ -59,8 +59,9 @@ def test_every_finalized_invoice_gets_one_pdf_with_its_lines_and_totals(october,
             assert f"Discount launch -{render.money(inv['discount_minor'], currency)}" in text
             assert f"Credits applied -{render.money(inv['credits_applied_minor'], currency)}" in text
             assert f"Tax (20%) {render.money(inv['tax_minor'], currency)}" in text
-            assert (
-                "Dollar Co" in text
+            assert (  # seller and customer from the catalog
+                "Metered Cloud GmbH" in text and "Torstrasse 1" in text and "Tax id: DE123456789" in text
+                and "Dollar Company Inc." in text and "500 Market Street" in text and "Tax id: US-98-7654321" in text
                 and "Customer id: org_usd" in text
                 and "Period: 2026-10-01 to 2026-10-31" in text
             )
@@ -111,3 +112,36 @@ def test_rendering_is_deterministic_and_open_to_other_documents():
         and "Tokens 1,000 0.0005 0.500" in text
         and "Total -0.500" in text
     )
+
+
+def test_without_a_seller_documents_wait_for_the_catalog_then_render_with_it(engine, tmp_path):
+    """Invoices finalized and a credit note issued while the catalog has no seller: nothing is rendered
+    with made-up details; invoice_documents fails naming the fix; once the seller is applied, every
+    missing document (the credit note too) is rendered with it."""
+    from test_invoicing_support import CATALOG, close_month, ingest, october_events, setup_catalog
+
+    from billing_pipeline.invoicing import credit_notes
+
+    no_seller = CATALOG.split("billable_metrics:", 1)[1]
+    setup_catalog(engine, "billable_metrics:" + no_seller)
+    ingest(engine, october_events())
+    from test_invoicing_support import fill_usage
+
+    fill_usage(engine, OCT)
+    close_month(engine, OCT)
+    usd = invoices(engine, OCT)["org_usd"]
+    note = credit_notes.issue(engine, usd["number"], reason="SLA", actor="t", amount_minor=100)
+    with pytest.raises(documents.NoSeller, match="add a `seller:` section"):
+        documents.render_documents(engine, "t", period_start=OCT)
+    missing = CliRunner().invoke(app, ["invoice", "pdf", usd["number"], "-o", str(tmp_path / "u.pdf")])
+    assert missing.exit_code == 1 and "no seller in the catalog" in missing.output
+
+    setup_catalog(engine)  # the same catalog with its seller section
+    rendered = documents.render_documents(engine, "t", period_start=OCT)
+    assert note.number in {r.number for r in rendered} and usd["number"] in {r.number for r in rendered}
+    with engine.connect() as conn:
+        pdf, _ = documents.stored_pdf(conn, note.number, "credit_note")
+    assert "Metered Cloud GmbH" in _text(pdf) and f"Credit note {note.number}" in _text(pdf)
+    out = tmp_path / "cn.pdf"
+    assert CliRunner().invoke(app, ["invoice", "pdf", note.number, "-o", str(out)]).exit_code == 0
+    assert out.read_bytes() == pdf

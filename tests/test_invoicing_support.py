@@ -27,6 +27,11 @@ NOV = date(2026, 11, 1)
 DEC = date(2026, 12, 1)
 
 CATALOG = """
+seller:
+  name: Metered Cloud GmbH
+  address: [Torstrasse 1, 10119 Berlin, Germany]
+  tax_id: DE123456789
+  email: billing@metered.example
 billable_metrics:
   - {code: api_calls, name: API calls, aggregation: count}
   - {code: tokens, name: Tokens, aggregation: sum}
@@ -65,6 +70,10 @@ organisations:
     currency: USD
     tax_rate: 0.2
     prepaid_credits_minor: 1000
+    billing_details:
+      legal_name: Dollar Company Inc.
+      address: [500 Market Street, San Francisco CA 94105]
+      tax_id: US-98-7654321
     discounts:
       - {code: launch, kind: percentage, value: 10, valid_from: 2026-10-01, valid_to: 2026-10-31}
   - {id: org_eur, name: Euro Co, plan: pay_plan, currency: EUR}

@@ -4,6 +4,7 @@ usage it billed becomes billable again; a replacement is issued on request; paid
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ from test_accounts_support import add_org, add_plan, audit, record_charges, rows
 
 from billing_pipeline.invoicing import numbering, voids
 
-pytest_plugins = ["test_accounts_support"]
+pytest_plugins = ["test_accounts_support", "test_invoicing_support"]
 
 
 def _draft(conn, org: str, *, month: str = "2026-02-01", late_events: tuple[str, ...] = ()) -> int:
@@ -189,3 +190,37 @@ def test_an_invoice_whose_collection_is_in_flight_cannot_be_voided(engine, issue
         )
     with pytest.raises(voids.VoidError, match="being collected"):
         voids.void_invoice(engine, "INV-2026-000001", reason="r", actor="t")
+
+
+def test_replacement_with_corrected_units_is_priced_again_from_the_voided_invoice(october):
+    """org_usd's October: 250 calls (package of 100, 100 free: 4.00), 10,000 tokens (0.0015: 15.00), peak 4
+    (3: 12.00) = 31.00, raised to the 50.00 commitment; 10% launch discount, 20% tax, 10.00 of credits.
+    Corrected to 40,000 tokens (60.00): 76.00 - 7.60 = 68.40, + 13.68 tax = 82.08, - 10.00 = 72.08."""
+    from test_invoicing_support import OCT, close_month, invoices, lines
+
+    close_month(october, OCT)
+    old = invoices(october, OCT)["org_usd"]
+    assert (old["total_minor"], old["credits_applied_minor"]) == (4400, 1000)
+    with pytest.raises(voids.VoidError, match="no charge for 'seats'"):
+        voids.void_invoice(october, old["number"], reason="r", actor="t", replace=True,
+                           units={"seats": Decimal(3)})  # fmt: skip
+    with pytest.raises(voids.VoidError, match="add --replace"):
+        voids.void_invoice(october, old["number"], reason="r", actor="t", units={"tokens": Decimal(1)})
+    assert invoices(october, OCT)["org_usd"]["status"] == "finalized"  # refused: nothing written
+
+    voided = voids.void_invoice(october, old["number"], reason="tokens were under-counted",
+                                actor="cli:finance", replace=True, units={"tokens": Decimal(40000)})  # fmt: skip
+
+    new = invoices(october, OCT)["org_usd"]
+    assert new["invoice_id"] == voided.replacement_invoice_id and new["status"] == "finalized"
+    assert (new["subtotal_minor"], new["discount_minor"], new["tax_minor"]) == (7600, 760, 1368)
+    assert (new["credits_applied_minor"], new["total_minor"]) == (1000, 7208)
+    got = lines(october, new["invoice_id"])
+    assert got[("usage", "tokens", None)]["units"] == 40000
+    assert got[("usage", "tokens", None)]["amount_minor"] == 6000
+    assert got[("usage", "api_calls", None)]["amount_minor"] == 400
+    assert ("commitment_true_up", None, None) not in got  # 76.00 is above the commitment now
+    (entry,) = rows(october, "SELECT detail FROM billing.audit_log WHERE entity_id = :i AND action = 'voided'",
+                    i=str(old["invoice_id"]))  # fmt: skip
+    assert entry["detail"]["corrected_units"] == {"tokens": "40000"}
+    assert entry["detail"]["replacement"] == voided.replacement_number

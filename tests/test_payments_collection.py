@@ -325,3 +325,32 @@ def test_a_wallet_that_pays_invoices_pays_first_and_the_provider_gets_the_rest(e
     }
     assert wallets == {"part": 0, "whole": 3000, "other": 9000}
     assert _collect(engine, url).wallet_paid == []  # once per invoice
+
+
+def test_voiding_an_invoice_cancels_its_payment_link_and_a_paid_link_refuses_the_void(engine, providers):
+    from billing_pipeline.invoicing import voids
+
+    _, state = providers
+    rzp = razorpay_api.make_client(RZP_ID, RZP_SECRET, os.environ["RAZORPAY_API_BASE"])
+    first = _org_invoice(engine, "ind", 150000, provider="razorpay", currency="INR")
+    second = _org_invoice(engine, "ind2", 90000, provider="razorpay", currency="INR")
+    at = FixedClock(utc(2030, 3, 1, 6))
+    assert collect_month(engine, MONTH, stripe_client=None, razorpay_client=rzp, clock=at,
+                         actor="test").counts() == {"link_sent": 2}  # fmt: skip
+    links = {l["reference_id"]: l for l in state.list_payment_links({})["payment_links"]}
+
+    with pytest.raises(voids.VoidError, match="link .* to cancel first"):  # no client: nothing written
+        voids.void_invoice(engine, first["number"], reason="wrong entity", actor="t")
+    voided = voids.void_invoice(engine, first["number"], reason="wrong entity", actor="t", razorpay_client=rzp)
+
+    link = state.get("payment_links", links[first["number"]]["id"])
+    assert voided.payment_link_cancelled == link["id"] and link["status"] == "cancelled"
+    with pytest.raises(ValueError, match="is cancelled"):
+        state.pay_link(link["id"])  # the customer can no longer pay the void invoice
+    assert audit(engine, "invoice")[-1][1:] == ("voided", "finalized", "void")
+
+    state.pay_link(links[second["number"]]["id"])  # paid at Razorpay, not recorded here yet
+    with pytest.raises(voids.VoidError, match="is paid at Razorpay"):
+        voids.void_invoice(engine, second["number"], reason="late", actor="t", razorpay_client=rzp)
+    assert rows(engine, "SELECT status FROM billing.invoices WHERE invoice_id = :i",
+                i=second["invoice_id"]) == [{"status": "finalized"}]  # fmt: skip

@@ -3,8 +3,9 @@ a couple of cards that decline, then `payment_collection` for the month. Safe to
 already has its void and credit note gets neither twice, and collection claims each invoice once.
 
 Afterwards every finalized invoice of the month is collected (charged, or nothing left due), in dunning
-(its charge declined: grace period open, retries scheduled), waiting on a payment link (Razorpay), or,
-for organisations without a payment provider, asked to pay by notification.
+(its charge declined: grace period open, retries scheduled), or waiting on a payment link (Razorpay):
+every demo organisation has a provider. (An organisation without one would be asked to pay by
+notification, and shows here as such.)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ _PLAN_PROVIDERS = {
     "growth": ("USD", "stripe"),
     "payments": ("EUR", "stripe"),
     "scale_in": ("INR", "razorpay"),
-    "marketplace_jp": ("JPY", "none"),
+    "marketplace_jp": ("JPY", "stripe"),  # Stripe charges JPY, a zero-decimal currency
 }
 # metric -> share of events
 _METRIC_MIX = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
@@ -27,11 +26,42 @@ _STORED = sa.text(
 )
 
 
-def seller() -> render.Party:
-    """The issuing company (BILLING_SELLER_NAME; BILLING_SELLER_DETAILS: lines separated by '|')."""
-    name = os.environ.get("BILLING_SELLER_NAME", "Billing Pipeline Ltd")
-    details = os.environ.get("BILLING_SELLER_DETAILS", "")
-    return render.Party(name, tuple(p.strip() for p in details.split("|") if p.strip()))
+def _detail_lines(details: dict | None) -> list[str]:
+    """A party's catalog billing details as printed lines: address, tax id, e-mail."""
+    details = details or {}
+    lines = list(details.get("address") or ())
+    if details.get("tax_id"):
+        lines.append(f"Tax id: {details['tax_id']}")
+    if details.get("email"):
+        lines.append(details["email"])
+    return lines
+
+
+class NoSeller(RuntimeError):
+    """Documents need the issuing company, and the catalog has no `seller` section yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no seller in the catalog: add a `seller:` section (name, address, tax_id, email) and "
+            "`billing-pipeline catalog apply` it; the documents are rendered then"
+        )
+
+
+def seller(conn: sa.Connection) -> render.Party:
+    """The issuing company: the catalog's `seller` section (billing.seller); NoSeller without one."""
+    row = conn.execute(sa.text("SELECT name, details FROM billing.seller")).one_or_none()
+    if row is None:
+        raise NoSeller()
+    return render.Party(row.name, tuple(_detail_lines(row.details)))
+
+
+def customer(row) -> render.Party:
+    """The organisation as billed: its catalog billing details, its id and its provider's customer id."""
+    details = row["billing_details"] or {}
+    lines = _detail_lines(details) + [f"Customer id: {row['organisation_id']}"]
+    if row["provider_customer_id"]:
+        lines.append(f"{row['provider'].capitalize()} customer: {row['provider_customer_id']}")
+    return render.Party(details.get("legal_name") or row["customer_name"], tuple(lines))
 
 
 def _describe(line) -> str:
@@ -62,9 +92,6 @@ def invoice_document(inv, lines, issuer: render.Party) -> render.Document:
     if inv["credits_applied_minor"]:
         summary.append(("Credits applied", -inv["credits_applied_minor"]))
     summary += [("Total", inv["total_minor"]), ("Amount due", inv["total_minor"])]
-    customer_lines = [f"Customer id: {inv['organisation_id']}"]
-    if inv["provider_customer_id"]:
-        customer_lines.append(f"{inv['provider'].capitalize()} customer: {inv['provider_customer_id']}")
     last_day = date.fromordinal(inv["period_end"].toordinal() - 1)
     return render.Document(
         kind="invoice",
@@ -73,7 +100,7 @@ def invoice_document(inv, lines, issuer: render.Party) -> render.Document:
         issued_at=inv["finalized_at"],
         currency=inv["currency"],
         seller=issuer,
-        customer=render.Party(inv["customer_name"], tuple(customer_lines)),
+        customer=customer(inv),
         lines=[render.Line(_describe(ln), ln["units"], _unit_price(ln), ln["amount_minor"]) for ln in lines],
         summary=summary,
         facts=[
@@ -87,7 +114,7 @@ def invoice_document(inv, lines, issuer: render.Party) -> render.Document:
 _CREDIT_NOTE = sa.text("""
     SELECT c.number, c.invoice_id, c.currency, c.amount_minor, c.applied_minor, c.refund_minor, c.refund_method,
            c.reason, c.issued_at, i.number AS invoice_number, c.organisation_id, o.name AS customer_name,
-           o.provider, o.provider_customer_id
+           o.provider, o.provider_customer_id, o.billing_details
     FROM billing.credit_notes c
     JOIN billing.invoices i ON i.invoice_id = c.invoice_id
     JOIN billing.organisations o ON o.organisation_id = c.organisation_id
@@ -106,17 +133,14 @@ def credit_note_document(conn: sa.Connection, credit_note_id: int) -> tuple[rend
     summary = [("Credited", cn["amount_minor"]), ("Taken off the amount due", cn["applied_minor"])]
     if cn["refund_minor"]:
         summary.append((f"Refunded ({cn['refund_method']})", cn["refund_minor"]))
-    customer_lines = [f"Customer id: {cn['organisation_id']}"]
-    if cn["provider_customer_id"]:
-        customer_lines.append(f"{cn['provider'].capitalize()} customer: {cn['provider_customer_id']}")
     document = render.Document(
         kind="credit_note",
         title="Credit note",
         number=cn["number"],
         issued_at=cn["issued_at"],
         currency=cn["currency"],
-        seller=seller(),
-        customer=render.Party(cn["customer_name"], tuple(customer_lines)),
+        seller=seller(conn),
+        customer=customer(cn),
         lines=[render.Line(ln["description"], None, None, ln["amount_minor"]) for ln in lines],
         summary=summary,
         facts=[("Credits invoice", cn["invoice_number"]), ("Reason", cn["reason"])],
@@ -171,29 +195,37 @@ def store(conn: sa.Connection, docs: list[tuple[render.Document, int]], actor: s
     return done
 
 
-def render_invoices(
+_CREDIT_NOTES_TO_RENDER = sa.text("""
+    SELECT c.credit_note_id FROM billing.credit_notes c JOIN billing.invoices i ON i.invoice_id = c.invoice_id
+    WHERE (CAST(:period_start AS date) IS NULL OR i.period_start = :period_start)
+      AND (CAST(:number AS text) IS NULL OR c.number = :number)
+      AND NOT EXISTS (SELECT 1 FROM billing.invoice_documents d
+                      WHERE d.document_kind = 'credit_note' AND d.number = c.number)
+    ORDER BY c.number
+""")
+
+
+def render_documents(
     engine: Engine, actor: str, *, period_start: date | None = None, number: str | None = None
 ) -> list[Rendered]:
-    """Render every finalized invoice (of the month, or the one number) that has no document yet."""
+    """Render every finalized invoice and credit note (of the month's invoices, or the one number) that has
+    no document yet: those finalized or issued while the catalog had no seller, or in a run that stopped."""
     with engine.begin() as conn:
-        invoices = (
-            conn.execute(
-                statement(_PKG, "invoices_to_render"), {"period_start": period_start, "number": number}
-            )
-            .mappings()
-            .all()
-        )
-        if not invoices:
+        params = {"period_start": period_start, "number": number}
+        invoices = conn.execute(statement(_PKG, "invoices_to_render"), params).mappings().all()
+        notes = conn.execute(_CREDIT_NOTES_TO_RENDER, params).scalars().all()
+        if not invoices and not notes:
             return []
         by_invoice = defaultdict(list)
         for ln in conn.execute(
             statement(_PKG, "invoice_lines"), {"ids": [i["invoice_id"] for i in invoices]}
         ).mappings():
             by_invoice[ln["invoice_id"]].append(ln)
-        issuer = seller()
+        issuer = seller(conn)
         return store(
             conn,
-            [(invoice_document(i, by_invoice[i["invoice_id"]], issuer), i["invoice_id"]) for i in invoices],
+            [(invoice_document(i, by_invoice[i["invoice_id"]], issuer), i["invoice_id"]) for i in invoices]
+            + [credit_note_document(conn, note_id) for note_id in notes],
             actor,
         )
 

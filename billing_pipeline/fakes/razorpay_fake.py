@@ -228,6 +228,19 @@ class FakeRazorpayState:
                           or any(p["payment_id"] == params["payment_id"] for p in l["payments"] or []))]
         return {"payment_links": links}
 
+    def cancel_payment_link(self, link_id: str) -> dict:
+        """POST /v1/payment_links/:id/cancel: only a link that is `created` or `partially_paid` can be
+        cancelled; it becomes `cancelled` with its `cancelled_at`."""
+        with self._lock:
+            link = self._objects["payment_links"].get(link_id)
+            if link is None:
+                raise RazorpayApiError(400, "The id provided does not exist", field="id")
+            if link["status"] not in ("created", "partially_paid"):
+                raise RazorpayApiError(400, f"Payment Link cannot be cancelled as it is {link['status']}")
+            link["status"] = "cancelled"
+            link["cancelled_at"] = link["updated_at"] = _now(None)
+            return _wire(link)
+
     def pay_link(self, link_id: str, *, method: str = "upi", created_at: int | None = None) -> dict:
         """The customer pays the link in full: an order (with the link's notes and its reference_id as
         receipt), a captured payment, the link `paid`. Returns the `payment_link.paid` webhook body."""
@@ -356,6 +369,9 @@ def create_app(state: FakeRazorpayState) -> FastAPI:
                     return JSONResponse(state.create_payment_link(await _json_body(request)))
                 if request.method == "GET":
                     return JSONResponse(state.list_payment_links(params))
+            if parts[:2] == ["v1", "payment_links"] and len(parts) == 4 and parts[3] == "cancel":
+                if request.method == "POST":
+                    return JSONResponse(state.cancel_payment_link(parts[2]))
             if parts[:2] == ["v1", "payments"] and len(parts) == 4:
                 if parts[3] == "refund" and request.method == "POST":
                     return JSONResponse(state.create_refund(parts[2], await _json_body(request)))

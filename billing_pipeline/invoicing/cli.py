@@ -153,23 +153,40 @@ def send_refunds(
 def void(
     number: str = typer.Argument(..., help="The finalized, unpaid invoice's number."),
     reason: str = typer.Option(..., "--reason", help="Why (kept with the void and in the audit log)."),
-    replace: bool = typer.Option(False, "--replace", help="Issue a replacement invoice with the same lines."),
+    replace: bool = typer.Option(False, "--replace", help="Issue a replacement invoice (same lines unless --units)."),
+    units: list[str] = typer.Option(
+        [], "--units", metavar="METRIC=UNITS",
+        help="With --replace: the corrected units of a metric (repeatable); the replacement is priced again.",
+    ),
     actor: str = typer.Option(None, "--actor", help="Who (audit log); default cli:<user>."),
 ) -> None:
     """Void a finalized, unpaid invoice: its number stays used, its late usage becomes billable again."""
+    from decimal import Decimal, InvalidOperation
+
     from billing_pipeline.audit import cli_actor
     from billing_pipeline.invoicing import voids
     from billing_pipeline.settings import load_settings
     from billing_pipeline.warehouse import get_engine
 
+    corrected: dict[str, Decimal] = {}
+    for item in units:
+        metric, _, value = item.partition("=")
+        try:
+            corrected[metric.strip()] = Decimal(value.strip())
+        except InvalidOperation:
+            typer.echo(f"error: --units {item!r}: expected METRIC=UNITS, e.g. api_calls=1200", err=True)
+            raise typer.Exit(2) from None
+    settings = load_settings()
     try:
         result = voids.void_invoice(
-            get_engine(load_settings()), number, reason=reason, actor=actor or cli_actor(), replace=replace
+            get_engine(settings), number, reason=reason, actor=actor or cli_actor(), replace=replace,
+            units=corrected, razorpay_client=_provider_clients(settings)["razorpay"],
         )
     except voids.VoidError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{number} void ({result.events_released} late events billable again)"
+               + (f"; payment link {result.payment_link_cancelled} cancelled" if result.payment_link_cancelled else "")
                + (f"; replaced by {result.replacement_number}" if result.replacement_number else ""))
 
 
@@ -201,24 +218,32 @@ def export(
 
 @invoice_app.command("pdf")
 def pdf(
-    number: str = typer.Argument(..., help="The invoice number, e.g. INV-2026-000001."),
+    number: str = typer.Argument(..., help="The invoice or credit note number, e.g. INV-2026-000001."),
     out: Path = typer.Option(None, "-o", "--out", help="PDF file to write; default: NUMBER.pdf here."),
 ) -> None:
-    """Write a finalized invoice's PDF (rendered once and kept with its sha256; rendered now if missing)."""
+    """Write a finalized invoice's or a credit note's PDF (rendered once and kept with its sha256; rendered
+    now if missing)."""
     from billing_pipeline.audit import cli_actor
     from billing_pipeline.documents import invoices as documents
     from billing_pipeline.settings import load_settings
     from billing_pipeline.warehouse import get_engine
 
     engine = get_engine(load_settings())
-    with engine.connect() as conn:
-        stored = documents.stored_pdf(conn, number)
-    if stored is None:
-        documents.render_invoices(engine, cli_actor(), number=number)
+
+    def find():
         with engine.connect() as conn:
-            stored = documents.stored_pdf(conn, number)
+            return documents.stored_pdf(conn, number) or documents.stored_pdf(conn, number, "credit_note")
+
+    stored = find()
     if stored is None:
-        typer.echo(f"error: no finalized invoice {number}", err=True)
+        try:
+            documents.render_documents(engine, cli_actor(), number=number)
+        except documents.NoSeller as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        stored = find()
+    if stored is None:
+        typer.echo(f"error: no finalized invoice or credit note {number}", err=True)
         raise typer.Exit(1)
     data, digest = stored
     target = out or Path(f"{number}.pdf")

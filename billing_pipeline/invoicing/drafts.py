@@ -288,8 +288,11 @@ def price_organisation(
     usage: Mapping[str, Usage],
     late: Iterable[LateUsage],
     period_start: date,
+    carried: Iterable[DraftLine] = (),
 ) -> Draft:
-    """One organisation's draft: a line per charge, late lines, then the invoice-level arithmetic."""
+    """One organisation's draft: a line per charge, late lines, then the invoice-level arithmetic.
+
+    `carried`: late lines already priced (a replacement invoice keeps those of the invoice it replaces)."""
     period_end = periods.next_month(period_start)
     problems: list[dict] = []
     lines: list[DraftLine] = []
@@ -333,6 +336,11 @@ def price_organisation(
             continue
         key = f"late:{item.metric}:{item.original_period_start.isoformat()}"
         inputs.append(LineInput(key, amount, "late_usage"))
+        lines.append(line)
+
+    for line in carried:
+        key = f"late:{line.metric}:{line.original_period_start.isoformat()}"
+        inputs.append(LineInput(key, line.amount_unrounded, line.kind))
         lines.append(line)
 
     totals: InvoiceTotals | None = None

@@ -69,10 +69,16 @@ def finalized_invoices(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     tags={"domain": "invoicing"},
 )
 def invoice_documents(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Each finalized invoice of the month rendered once to a PDF (billing.invoice_documents, with its
-    sha256); invoices that already have one are left as they are. `billing-pipeline invoice pdf NUMBER`."""
+    """Each finalized invoice and credit note of the month rendered once to a PDF (billing.invoice_documents,
+    with its sha256); those that already have one are left as they are. Fails, naming the fix, while the
+    catalog has no seller. `billing-pipeline invoice pdf NUMBER`."""
     period_start = context.partition_time_window.start.date()
-    rendered = invoice_pdfs.render_invoices(warehouse.engine, run_actor(context.run_id), period_start=period_start)
+    try:
+        rendered = invoice_pdfs.render_documents(
+            warehouse.engine, run_actor(context.run_id), period_start=period_start
+        )
+    except invoice_pdfs.NoSeller as exc:
+        raise dg.Failure(str(exc)) from None
     return dg.MaterializeResult(
         metadata={
             "rendered_now": len(rendered),

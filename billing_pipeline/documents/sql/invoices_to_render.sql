@@ -1,6 +1,7 @@
 -- Finalized invoices with no document yet (of the month :period_start, or every month when it is
 -- NULL; or the one :number), with their customer from the catalog.
 SELECT i.invoice_id, i.number, i.organisation_id, o.name AS customer_name, o.provider, o.provider_customer_id,
+       o.billing_details,
        i.period_start, i.period_end, i.currency, i.finalized_at, i.plan_code, i.plan_version, i.tax_rate,
        i.subtotal_minor, i.discount_minor, i.tax_minor, i.credits_applied_minor, i.total_minor,
        i.discounts_applied
