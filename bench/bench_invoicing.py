@@ -33,6 +33,7 @@ from common import Timer, bench_home, report  # noqa: E402
 BENCH = "invoicing"
 MONTH = date(2026, 10, 1)
 CATALOG = """
+seller: {name: Bench Seller Ltd, address: [1 Bench Road]}
 billable_metrics:
   - {code: api_calls, name: API calls, aggregation: count}
   - {code: tokens, name: Tokens, aggregation: sum}

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 TINY = {
     "bench_accounts.py": ["--organisations", "200", "--sample", "20"],
     "bench_calls.py": ["--calls", "200", "--per-call-sample", "20"],
+    "bench_collection.py": ["--invoices", "50"],
     "bench_ingestion.py": ["--events", "3000", "--backfill-events", "500", "--per-row-sample", "20"],
     "bench_invoicing.py": ["--orgs", "40", "--loop-sample", "5"],
     "bench_payments.py": ["--records", "3000", "--posts", "50"],
