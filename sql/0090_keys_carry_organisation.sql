@@ -12,7 +12,10 @@
 --     (x..., organisation_id);
 --   * the foreign keys collection_attempts, dunning_attempts, grace_periods, refunds and credit_notes ->
 --     invoices, dunning_attempts -> grace_periods and refunds -> credit_notes become composite:
---     (invoice_id, organisation_id) REFERENCES invoices (invoice_id, organisation_id), and alike.
+--     (invoice_id, organisation_id) REFERENCES invoices (invoice_id, organisation_id), and alike;
+--   * billing.invoice_wallet_payments gains organisation_id, copied from the invoice (backfilled here
+--     from billing.invoices, then NOT NULL; payments/collection.py writes it from the invoice it pays):
+--     its primary key becomes (invoice_id, organisation_id), its foreign key to invoices composite.
 -- organisation_id is the last column of each key, not the first: a key's column order does not matter
 -- to Citus (the key must contain the distribution column) nor to ON CONFLICT (its target names a set of
 -- columns), and with the old key's columns first the index keeps serving the lookups by id, invoice or
@@ -28,6 +31,9 @@
 --     and one grace period per invoice, one dunning attempt per slot, one refund per credit note. The
 --     idempotency keys sent to Stripe/Razorpay are built from the globally unique invoice or credit note
 --     id, so they stay globally unique as the providers need, and are still enforced per organisation.
+--   * invoice_wallet_payments: one wallet payment per invoice, as before, for the same reason (the
+--     composite foreign key makes organisation_id a function of invoice_id); billing.invoice_balances,
+--     which joins it by invoice_id alone, still finds at most one row per invoice.
 --   * notification_outbox.dedupe_key: every key the code builds names an entity of one organisation
 --     (`grace_started:<grace id>`, `payment_link:<collection id>`, `payment_retry_failed:<attempt id>`,
 --     `trial_ending:<organisation id>:<time>`, ...) and is queued with that organisation, so
@@ -49,6 +55,8 @@
 -- On a database with data: the new keys contain the old ones, so existing rows satisfy them; the
 -- composite foreign keys hold because every writer copies organisation_id from the invoice, grace
 -- period or credit note it names (a row that does not stops this migration, which then changes nothing).
+-- invoice_wallet_payments is append-only (a trigger refuses UPDATE): the trigger is disabled for the
+-- backfill only, inside this migration's transaction.
 
 -- the targets of the composite foreign keys
 ALTER TABLE billing.invoices
@@ -119,4 +127,17 @@ ALTER TABLE billing.refunds
 ALTER TABLE billing.credit_notes
     DROP CONSTRAINT credit_notes_invoice_id_fkey,
     ADD CONSTRAINT credit_notes_invoice_id_organisation_id_fkey FOREIGN KEY (invoice_id, organisation_id)
+        REFERENCES billing.invoices (invoice_id, organisation_id);
+
+ALTER TABLE billing.invoice_wallet_payments ADD COLUMN organisation_id text;
+ALTER TABLE billing.invoice_wallet_payments DISABLE TRIGGER invoice_wallet_payments_append_only;
+UPDATE billing.invoice_wallet_payments w SET organisation_id = i.organisation_id
+FROM billing.invoices i WHERE i.invoice_id = w.invoice_id;
+ALTER TABLE billing.invoice_wallet_payments ENABLE TRIGGER invoice_wallet_payments_append_only;
+ALTER TABLE billing.invoice_wallet_payments
+    ALTER COLUMN organisation_id SET NOT NULL,
+    DROP CONSTRAINT invoice_wallet_payments_pkey,
+    DROP CONSTRAINT invoice_wallet_payments_invoice_id_fkey,
+    ADD CONSTRAINT invoice_wallet_payments_pkey PRIMARY KEY (invoice_id, organisation_id),
+    ADD CONSTRAINT invoice_wallet_payments_invoice_id_organisation_id_fkey FOREIGN KEY (invoice_id, organisation_id)
         REFERENCES billing.invoices (invoice_id, organisation_id);
