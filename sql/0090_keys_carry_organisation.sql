@@ -1,9 +1,10 @@
 -- Keys that carry organisation_id (docs/scaling.md, "Keys Citus would reject today"): the primary and
 -- unique keys of distributed tables that already have a NOT NULL organisation_id and that no foreign
 -- key of another table needs as it is, and the foreign keys between such tables, now include
--- organisation_id, so Citus would accept them with the tables distributed by organisation_id.
+-- organisation_id, so Citus would accept them with the tables distributed by organisation_id; and one
+-- child table without organisation_id (invoice_wallet_payments) gains it, copied from its invoice.
 --
--- What changes (no column is added, no row is rewritten):
+-- What changes (one column is added, invoice_wallet_payments.organisation_id; no other row is rewritten):
 --   * billing.invoices and billing.credit_notes gain UNIQUE (invoice_id, organisation_id) and
 --     UNIQUE (credit_note_id, organisation_id): the targets of the composite foreign keys below. Their
 --     primary keys stay (invoice lines, voids, documents, credit-note lines still reference them alone).
