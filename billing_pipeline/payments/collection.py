@@ -263,8 +263,9 @@ def _pay_from_wallets(conn: sa.Connection, period_start: date, actor: str) -> li
     if paid:
         conn.execute(
             sa.text(
-                "INSERT INTO billing.invoice_wallet_payments (invoice_id, wallet_entry_id, amount_minor, currency,"
-                " paid_by) VALUES (:invoice_id, :wallet_entry_id, :amount_minor, :currency, :actor)"
+                "INSERT INTO billing.invoice_wallet_payments (invoice_id, organisation_id, wallet_entry_id,"
+                " amount_minor, currency, paid_by)"
+                " VALUES (:invoice_id, :organisation_id, :wallet_entry_id, :amount_minor, :currency, :actor)"
             ),
             [{**p, "actor": actor} for p in paid],
         )

@@ -1,7 +1,8 @@
 -- A grace period for every finalized, still unpaid invoice that a failed payment names (its invoice id
 -- or number, in the payment's metadata/notes or its payment intent's/order's), failed at or before
 -- :as_of. It starts at the first such failure and lasts the grace_period_days of the plan version the
--- invoice was priced with. An invoice has at most one grace period, ever (UNIQUE invoice_id).
+-- invoice was priced with. An invoice has at most one grace period, ever (UNIQUE (invoice_id,
+-- organisation_id), the organisation being the invoice's: a composite foreign key, sql/0090).
 WITH failed AS (
     SELECT p.payment_id, p.provider_created_at, COALESCE(p.invoice_ref, parent.invoice_ref) AS ref
     FROM billing.payments p
@@ -31,7 +32,7 @@ JOIN billing.invoice_balances b ON b.invoice_id = f.invoice_id
 JOIN billing.invoices i ON i.invoice_id = f.invoice_id
 JOIN billing.plans pl ON pl.plan_id = i.plan_id
 WHERE b.balance_minor > 0
-ON CONFLICT (invoice_id) DO NOTHING
+ON CONFLICT (invoice_id, organisation_id) DO NOTHING
 RETURNING grace_id, invoice_id, organisation_id, currency, balance_minor, grace_days, started_at, ends_at,
           (SELECT number FROM billing.invoices WHERE invoice_id = grace_periods.invoice_id) AS number,
           (SELECT provider || ' ' || object_id FROM billing.payments WHERE payment_id = grace_periods.failed_payment_id) AS failed_payment

@@ -1,5 +1,6 @@
 -- Claim the first collection of every finalized invoice of the month :period_start that has none yet
--- (one statement, under the collection lock; UNIQUE invoice_id makes a concurrent claim a no-op).
+-- (one statement, under the collection lock; UNIQUE (invoice_id, organisation_id), the organisation being
+-- the invoice's, makes a concurrent claim a no-op).
 -- The amount is what the invoice still has due (billing.invoice_balances). Per invoice:
 --   nothing due                                  -> nothing_due, no provider call;
 --   Stripe, a customer id, Stripe configured     -> pending PaymentIntent;
