@@ -109,8 +109,8 @@ def test_a_finalized_invoice_still_refuses_every_other_change(engine, issued):
     with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError, match="is finalized"):
         conn.execute(
             sa.text(
-                "INSERT INTO billing.invoice_voids (invoice_id, number, reason, voided_by)"
-                " VALUES (:i, 'INV-2026-000001', 'r', 't')"
+                "INSERT INTO billing.invoice_voids (invoice_id, organisation_id, number, reason, voided_by)"
+                " VALUES (:i, 'acme', 'INV-2026-000001', 'r', 't')"
             ),
             {"i": issued},
         )

@@ -16,10 +16,11 @@ from billing_pipeline.sql_files import statement
 
 _PKG = "billing_pipeline.documents"
 _INSERT = sa.text("""
-    INSERT INTO billing.invoice_documents (document_kind, number, invoice_id, currency, total_minor, sha256, pdf,
-                                           renderer, rendered_by)
-    VALUES (:kind, :number, :invoice_id, :currency, :total_minor, :sha256, :pdf, :renderer, :actor)
-    ON CONFLICT (document_kind, number) DO NOTHING
+    INSERT INTO billing.invoice_documents (document_kind, number, invoice_id, organisation_id, currency,
+                                           total_minor, sha256, pdf, renderer, rendered_by)
+    SELECT :kind, :number, :invoice_id, organisation_id, :currency, :total_minor, :sha256, :pdf, :renderer, :actor
+    FROM billing.invoices WHERE invoice_id = :invoice_id
+    ON CONFLICT (document_kind, number, organisation_id) DO NOTHING
 """)
 _STORED = sa.text(
     "SELECT number, sha256, pdf FROM billing.invoice_documents WHERE document_kind = :kind AND number = :number"

@@ -138,11 +138,12 @@ def void_invoice(
         released = conn.execute(_RELEASE, {"invoice_id": inv["invoice_id"]}).rowcount
         conn.execute(  # recorded first: the immutability trigger lets a void through only then
             sa.text(
-                "INSERT INTO billing.invoice_voids (invoice_id, number, reason, voided_by, events_released)"
-                " VALUES (:i, :n, :reason, :actor, :released)"
+                "INSERT INTO billing.invoice_voids (invoice_id, organisation_id, number, reason, voided_by,"
+                " events_released) VALUES (:i, :org, :n, :reason, :actor, :released)"
             ),
             {
                 "i": inv["invoice_id"],
+                "org": inv["organisation_id"],
                 "n": number,
                 "reason": reason.strip(),
                 "actor": actor,
@@ -176,9 +177,9 @@ def void_invoice(
             conn.execute(
                 sa.text(
                     "INSERT INTO billing.invoice_replacements (voided_invoice_id, replacement_invoice_id,"
-                    " replaced_by) VALUES (:i, :r, :actor)"
+                    " organisation_id, replaced_by) VALUES (:i, :r, :org, :actor)"
                 ),
-                {"i": inv["invoice_id"], "r": replacement_id, "actor": actor},
+                {"i": inv["invoice_id"], "r": replacement_id, "org": inv["organisation_id"], "actor": actor},
             )
         detail = {
             "reason": reason.strip(),
