@@ -18,7 +18,7 @@ TINY = {
     "bench_ingestion.py": ["--events", "3000", "--backfill-events", "500", "--per-row-sample", "20"],
     "bench_invoicing.py": ["--orgs", "40", "--loop-sample", "5"],
     "bench_payments.py": ["--records", "3000", "--posts", "50"],
-    "bench_usage.py": ["--events", "5000"],
+    "bench_usage.py": ["--events", "5000", "--refresh-rounds", "1"],
 }
 
 

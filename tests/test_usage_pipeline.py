@@ -570,3 +570,49 @@ def test_late_events_are_aggregated_again_by_the_sensor_without_human_action(eng
         )
     assert USAGE_JOB.execute_in_process(instance=instance, partition_key="2025-01-10").success
     assert {units for (_, metric), units in january_units().items() if metric == "active_users"} == {0}
+
+
+def _daily_days(engine: sa.Engine) -> set[date]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text("SELECT DISTINCT usage_date FROM usage.usage_daily")).scalars())
+
+
+def test_in_process_dbt_two_runs_at_once_in_one_process_and_a_run_in_a_fresh_process(engine, db_url):
+    """dbt runs in-process (dbtRunner, one parsed manifest per process): two runs started at once
+    from two threads of one process both succeed (dbt's global state is taken one invocation at a
+    time), each with its own window; and a run in a fresh Python process (as a run worker launched
+    by the daemon) parses and runs on its own."""
+    import threading
+
+    from billing_pipeline.defs.usage import dbt_inprocess
+
+    insert_metrics(engine)
+    insert_events(engine, make_events(7, utc(2025, 3, 1), utc(2025, 3, 4), 60, "c"))
+    instance = dg.DagsterInstance.ephemeral()
+    results: dict[str, bool] = {}
+
+    def run(day: str) -> None:
+        results[day] = USAGE_JOB.execute_in_process(instance=instance, partition_key=day).success
+
+    threads = [threading.Thread(target=run, args=(day,)) for day in ("2025-03-01", "2025-03-02")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results == {"2025-03-01": True, "2025-03-02": True}
+    assert _daily_days(engine) == {date(2025, 3, 1), date(2025, 3, 2)}
+    assert dbt_inprocess._MANIFESTS  # noqa: SLF001 - parsed once in this process
+
+    code = (
+        "import dagster as dg\n"
+        "from billing_pipeline.defs.resources import RESOURCES\n"
+        "from billing_pipeline.defs.usage import defs\n"
+        "job = dg.Definitions.merge(defs, dg.Definitions(resources=RESOURCES)).resolve_job_def('usage_job')\n"
+        "assert job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), partition_key='2025-03-03').success\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "dbt (in-process) build" in done.stdout + done.stderr
+    assert _daily_days(engine) == {date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)}
