@@ -28,6 +28,9 @@ def build_usage_job(
         description=(
             "Aggregate usage for UTC days (usage_daily, usage_period) and reconcile them with the raw events."
         ),
+        # its two steps run one after the other: in the run's own process, with dbt's parsed manifest
+        # kept there, not one fresh process per step importing dbt and parsing again (issue 19)
+        executor_def=dg.in_process_executor,
     )
 
 
