@@ -3,7 +3,8 @@
 For each size, on its own embedded PostgreSQL (bench_home): 10,000 organisations on two plans whose
 charges cover every aggregation type of the catalog (count, sum, max, unique_count, latest,
 weighted_sum; the metrics of bench_usage); N edge events received at a steady pace through October
-2026, about 1% of them late (occurred 1 to 47 hours before the hour they arrive in) and 0.05% bad
+2026, about 1% of them late (occurred 1 to 47 hours before the hour they arrive in, within the month)
+and 0.05% bad
 (a quantity that is not a decimal, an unknown organisation), generated into the edge store with one
 set-based SQLite INSERT ... SELECT (not timed). Then, timed, each stage through the product's code:
 
@@ -92,7 +93,8 @@ plans:
 assert [m[0] for m in METRICS] == ["api_calls", "tokens", "seats_peak", "active_users", "plan_seats", "storage_gb"]
 
 # Event g (0-based, received at a steady pace): organisation 1 + (g / 6) % orgs, metric g % 6 (each
-# organisation sends every metric), late when g % 100 = 7 (from the third day on), bad when g % 2000 is
+# organisation sends every metric), late when g % 100 = 7 (unless that
+# would put it before the late floor), bad when g % 2000 is
 # 13 (quantity) or 1013 (organisation); storage_gb (weighted_sum) deltas +2, +2, +2, -1, ... per
 # organisation, so its level stays positive. Timestamps in the edge's text format (UTC, 'Z').
 EDGE_INSERT = """
@@ -108,7 +110,8 @@ SELECT printf('ev%010d', g),
             WHEN g % 6 = 5 THEN CASE WHEN (g / (6 * :orgs)) % 4 = 3 THEN '-1' ELSE '2' END
             ELSE printf('%.2f', (1 + g % 13) / 4.0) END,
        strftime('%Y-%m-%dT%H:%M:%fZ',
-                CASE WHEN g % 100 = 7 AND r >= :start + 172800 THEN r - 3600 * (1 + g % 47) - 2 ELSE max(r - 2, :start) END,
+                CASE WHEN g % 100 = 7 AND r - 3600 * (1 + g % 47) - 2 >= :floor THEN r - 3600 * (1 + g % 47) - 2
+                     ELSE max(r - 2, :start) END,
                 'unixepoch'),
        strftime('%Y-%m-%dT%H:%M:%fZ', r, 'unixepoch'),
        CASE WHEN g % 6 = 3 THEN '{"user_id": "u' || (g % 997) || '"}' END
@@ -116,18 +119,21 @@ FROM t
 """
 
 
-def generate_edge(path: Path, n: int, orgs: int, start: date, end: date) -> dict:
-    """N events received in [start, end) into the edge store at `path`; returns the expected counts."""
+def generate_edge(path: Path, n: int, orgs: int, start: date, end: date, late_floor: date | None = None) -> dict:
+    """N events received in [start, end) into the edge store at `path`, late ones occurring no earlier
+    than late_floor (default: start); returns the expected counts."""
     from billing_pipeline import edge_store
 
     first = datetime.combine(start, datetime.min.time(), UTC).timestamp()
+    floor = datetime.combine(late_floor or start, datetime.min.time(), UTC).timestamp()
     span = (end - start).total_seconds()
     with edge_store.opened(path) as edge:
         edge.execute("PRAGMA cache_size = -400000")
         with edge_store.transaction(edge):
-            edge.execute(EDGE_INSERT, {"n": n, "start": first, "step": span / n, "orgs": orgs})
+            edge.execute(EDGE_INSERT, {"n": n, "start": first, "step": span / n, "orgs": orgs, "floor": floor})
     bad = sum(1 for g in range(n) if g % 2000 in (13, 1013))
-    late = sum(1 for g in range(n) if g % 100 == 7 and g * span / n >= 172800)
+    step = span / n
+    late = sum(1 for g in range(7, n, 100) if first + g * step - 3600 * (1 + g % 47) - 2 >= floor)
     return {"bad": bad, "late": late, "good": n - bad}
 
 
