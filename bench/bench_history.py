@@ -10,11 +10,12 @@ Razorpay payments per day in billing.payments and billing.provider_records (one 
 the provider), each day synced, and the whole history reconciled once (reconcile_payments over the
 range: recon.discrepancies and the findings' identities). Then the day, 2026-11-15: --day-events edge
 events (bench_month's generator: ~1% late by up to 47 hours, 0.05% bad) and --charges-per-day more
-payments and provider records. Timed, through the product's code:
+payments and provider records; and so on for --days days (16th, 17th, ...: the machine is shared, one
+sample is noisy), each figure the median of the days. Timed, through the product's code:
 
   - movement: warehouse_events for the day's 24 hours, one Dagster run in process;
   - usage_refresh: the dbt usage job (models and data tests) for the days the day's events touched
-    (November 13-15: the late ones reach 47 hours back), one run;
+    (the day and the two before it: the late ones reach 47 hours back), one run;
   - reconciliation: payment_reconciliation's SQL for the day (reconcile_payments); and settlement
     (settle_invoices, which the payments job runs before it) as its own figure.
 
@@ -25,6 +26,7 @@ Figures: `<stage>_s_<H>mo` for each H; at the longest history with the shortest'
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import warnings
 from datetime import UTC, date, datetime, timedelta
@@ -186,21 +188,21 @@ def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) 
         conn.exec_driver_sql("CHECKPOINT")
 
 
-def run_day(settings, engine, day_events: int, per_day: int, orgs: int) -> dict:
+def run_day(settings, engine, day: date, day_events: int, per_day: int, orgs: int) -> dict:
     import dagster as dg
 
     from billing_pipeline.payments.reconciliation import reconcile_payments
     from billing_pipeline.payments.settlement import settle_invoices
 
     before = counts(engine)
-    expected = generate_edge(settings.edge_path, day_events, orgs, DAY, DAY + timedelta(days=1),
-                             late_floor=DAY - timedelta(days=2))
-    payments(engine, DAY, DAY + timedelta(days=1), per_day, "d")
+    expected = generate_edge(settings.edge_path, day_events, orgs, day, day + timedelta(days=1),
+                             late_floor=day - timedelta(days=2), prefix=f"ev{day:%m%d}_")
+    payments(engine, day, day + timedelta(days=1), per_day, f"d{day:%m%d}_")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("ANALYZE billing.payments, billing.provider_records")
         conn.exec_driver_sql("CHECKPOINT")
     seconds = {}
-    seconds["movement"] = hourly_backfill(ts(DAY), ts(DAY + timedelta(days=1)))
+    seconds["movement"] = hourly_backfill(ts(day), ts(day + timedelta(days=1)))
     after = counts(engine)
     if (after[0] - before[0], after[1] - before[1]) != (expected["good"], expected["bad"]):
         raise SystemExit(f"movement: {before} -> {after}, expected {expected}")
@@ -208,7 +210,7 @@ def run_day(settings, engine, day_events: int, per_day: int, orgs: int) -> dict:
     with Timer() as t:
         result = job.execute_in_process(
             instance=dg.DagsterInstance.ephemeral(),
-            tags=day_range_tags(DAY - timedelta(days=2), DAY + timedelta(days=1)),
+            tags=day_range_tags(day - timedelta(days=2), day + timedelta(days=1)),
             run_config=QUIET,
         )
     assert result.success
@@ -217,7 +219,7 @@ def run_day(settings, engine, day_events: int, per_day: int, orgs: int) -> dict:
         settle_invoices(conn, actor="bench")
     seconds["settlement"] = t.seconds
     with Timer() as t, engine.begin() as conn:
-        found = reconcile_payments(conn, DAY, DAY + timedelta(days=1)).findings
+        found = reconcile_payments(conn, day, day + timedelta(days=1)).findings
     seconds["reconciliation"] = t.seconds
     if found != (per_day + 998) // 1000:
         raise SystemExit(f"reconciliation: {found} findings, expected {(per_day + 998) // 1000}")
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--day-events", type=int, default=300_000)
     parser.add_argument("--charges-per-day", type=int, default=20_000)
     parser.add_argument("--orgs", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=3, help="days run one after another; the median is reported")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from billing_pipeline.warehouse import get_engine
@@ -244,7 +247,12 @@ def main() -> None:
             with Timer() as built:
                 build_history(engine, months, args.events_per_month, args.charges_per_day, args.orgs)
             print(f"{months} month(s) of history built in {built.seconds:.1f} s", file=sys.stderr, flush=True)
-            results[months] = run_day(settings, engine, args.day_events, args.charges_per_day, args.orgs)
+            days = [
+                run_day(settings, engine, DAY + timedelta(days=k), args.day_events, args.charges_per_day, args.orgs)
+                for k in range(args.days)
+            ]
+            print(f"{months} month(s): {days}", file=sys.stderr, flush=True)
+            results[months] = {stage: statistics.median(d[stage] for d in days) for stage in STAGES}
         for stage in STAGES:
             report(BENCH, f"{stage}_s_{months}mo", results[months][stage])
     short, long = lengths[0], lengths[-1]

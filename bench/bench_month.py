@@ -101,7 +101,7 @@ EDGE_INSERT = """
 INSERT INTO events (event_id, organisation_id, project_id, metric, quantity, occurred_at, received_at, properties)
 WITH RECURSIVE s(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM s WHERE g + 1 < :n),
 t AS (SELECT g, :start + g * :step AS r FROM s)
-SELECT printf('ev%010d', g),
+SELECT :prefix || printf('%010d', g),
        CASE WHEN g % 2000 = 1013 THEN 'org_unknown' ELSE printf('org_%05d', 1 + (g / 6) % :orgs) END,
        'prj_' || (g % 3),
        CASE g % 6 WHEN 0 THEN 'api_calls' WHEN 1 THEN 'tokens' WHEN 2 THEN 'seats_peak'
@@ -119,7 +119,8 @@ FROM t
 """
 
 
-def generate_edge(path: Path, n: int, orgs: int, start: date, end: date, late_floor: date | None = None) -> dict:
+def generate_edge(path: Path, n: int, orgs: int, start: date, end: date, late_floor: date | None = None,
+                  prefix: str = "ev") -> dict:
     """N events received in [start, end) into the edge store at `path`, late ones occurring no earlier
     than late_floor (default: start); returns the expected counts."""
     from billing_pipeline import edge_store
@@ -130,7 +131,8 @@ def generate_edge(path: Path, n: int, orgs: int, start: date, end: date, late_fl
     with edge_store.opened(path) as edge:
         edge.execute("PRAGMA cache_size = -400000")
         with edge_store.transaction(edge):
-            edge.execute(EDGE_INSERT, {"n": n, "start": first, "step": span / n, "orgs": orgs, "floor": floor})
+            edge.execute(EDGE_INSERT, {"n": n, "start": first, "step": span / n, "orgs": orgs, "floor": floor,
+                                       "prefix": prefix})
     bad = sum(1 for g in range(n) if g % 2000 in (13, 1013))
     step = span / n
     late = sum(1 for g in range(7, n, 100) if first + g * step - 3600 * (1 + g % 47) - 2 >= floor)
