@@ -19,7 +19,8 @@ sample is noisy), each figure the median of the days. Timed, through the product
   - reconciliation: payment_reconciliation's SQL for the day (reconcile_payments); and settlement
     (settle_invoices, which the payments job runs before it) as its own figure.
 
-Figures: `<stage>_s_<H>mo` for each H; at the longest history with the shortest's as its baseline
+Figures: `<stage>_s_<H>mo` for each H; `range_reconciliation_ms_per_day_<H>mo`, the history's own
+reconciliation (one reconcile_payments over all its days, as a backfill runs it) per day; at the longest history with the shortest's as its baseline
 (ratio; goal <= 1.2 for every stage).
 """
 
@@ -143,7 +144,8 @@ def payments(engine, start: date, end: date, per_day: int, prefix: str) -> None:
         conn.execute(sa.text(SYNCS), {"s": ts(start), "e": ts(end)})
 
 
-def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) -> None:
+def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) -> float:
+    """Writes the history; returns the seconds of its one reconciliation over the whole range."""
     import dagster as dg
 
     from billing_pipeline.payments.reconciliation import reconcile_payments
@@ -181,11 +183,12 @@ def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) 
     payments(engine, first, DAY, per_day, "h")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
-    with engine.begin() as conn:
+    with Timer() as reconciled, engine.begin() as conn:
         reconcile_payments(conn, first, DAY)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
         conn.exec_driver_sql("CHECKPOINT")
+    return reconciled.seconds
 
 
 def run_day(settings, engine, day: date, day_events: int, per_day: int, orgs: int) -> dict:
@@ -245,7 +248,7 @@ def main() -> None:
             engine = get_engine(settings)
             setup(engine, args.orgs)
             with Timer() as built:
-                build_history(engine, months, args.events_per_month, args.charges_per_day, args.orgs)
+                range_s = build_history(engine, months, args.events_per_month, args.charges_per_day, args.orgs)
             print(f"{months} month(s) of history built in {built.seconds:.1f} s", file=sys.stderr, flush=True)
             days = [
                 run_day(settings, engine, DAY + timedelta(days=k), args.day_events, args.charges_per_day, args.orgs)
@@ -255,6 +258,9 @@ def main() -> None:
             results[months] = {stage: statistics.median(d[stage] for d in days) for stage in STAGES}
         for stage in STAGES:
             report(BENCH, f"{stage}_s_{months}mo", results[months][stage])
+        # the history's reconciliation in one run (a backfill over the range), per day of it
+        days_of_history = (DAY - months_before(MONTH, months)).days
+        report(BENCH, f"range_reconciliation_ms_per_day_{months}mo", range_s * 1000 / days_of_history)
     short, long = lengths[0], lengths[-1]
     if long != short:
         for stage in STAGES:
