@@ -106,16 +106,22 @@ def per_row(engine, edge, sample: int) -> float:
 
 
 def dagster_backfill(settings, n: int) -> float:
+    edge = fresh_edge(settings, "edge", n, timedelta(days=30))
+    edge.close()
+    return hourly_backfill(START, START + timedelta(days=30))
+
+
+def hourly_backfill(start: datetime, end: datetime) -> float:
+    """One Dagster run (in process, single-run backfill) of warehouse_events for the hours [start, end)
+    of the default edge store; returns its seconds."""
     import dagster as dg
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from billing_pipeline.definitions import defs
 
-    edge = fresh_edge(settings, "edge", n, timedelta(days=30))
-    edge.close()
     job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey("warehouse_events")])
-    end = START + timedelta(days=30) - timedelta(hours=1)
-    tags = {ASSET_PARTITION_RANGE_START_TAG: f"{START:%Y-%m-%d-%H}:00", ASSET_PARTITION_RANGE_END_TAG: f"{end:%Y-%m-%d-%H}:00"}
+    last = end - timedelta(hours=1)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: f"{start:%Y-%m-%d-%H}:00", ASSET_PARTITION_RANGE_END_TAG: f"{last:%Y-%m-%d-%H}:00"}
     with Timer() as t:
         result = job.execute_in_process(
             instance=dg.DagsterInstance.ephemeral(), asset_selection=[dg.AssetKey("warehouse_events")], tags=tags,

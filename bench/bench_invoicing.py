@@ -85,6 +85,27 @@ plans:
 METRICS = ("api_calls", "tokens", "peak", "storage", "payments")
 
 
+def insert_organisations(conn, orgs: int, plans: list[str]) -> None:
+    """Organisations org_00001 .. (n-th on the plan plans[n % len(plans)]), a third of them taxed, a
+    tenth with a percentage discount, a seventh with prepaid credits; provider none."""
+    conn.execute(
+        sa.text(
+            """
+            INSERT INTO billing.organisations (organisation_id, name, plan_code, plan_id, currency, provider,
+                tax_rate, discounts, prepaid_credits_minor, catalog_hash, created_at)
+            SELECT format('org_%s', lpad(n::text, 5, '0')), format('Org %s', n), p.code, p.plan_id, p.currency,
+                   'none', CASE WHEN n % 3 = 0 THEN 0.2 ELSE 0 END,
+                   CASE WHEN n % 10 = 0 THEN '[{"code": "d10", "kind": "percentage", "value": "10",
+                                                "valid_from": "2026-01-01"}]'::jsonb ELSE '[]' END,
+                   CASE WHEN n % 7 = 0 THEN 500 ELSE 0 END, 'bench', '2026-01-01'
+            FROM generate_series(1, :orgs) n
+            JOIN billing.plans p ON p.code = (CAST(:plans AS text[]))[1 + n % cardinality(CAST(:plans AS text[]))]
+            """
+        ),
+        {"orgs": orgs, "plans": plans},
+    )
+
+
 def setup(engine, edge_path: Path, orgs: int, per_metric: int) -> int:
     """Catalog, organisations, events (warehouse and edge), usage; returns the number of events."""
     from billing_pipeline import edge_store
@@ -93,22 +114,7 @@ def setup(engine, edge_path: Path, orgs: int, per_metric: int) -> int:
     apply_catalog(engine, parse_catalog(CATALOG), source="bench", applied_by="bench")
     start = datetime.combine(MONTH, datetime.min.time(), UTC)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                """
-                INSERT INTO billing.organisations (organisation_id, name, plan_code, plan_id, currency, provider,
-                    tax_rate, discounts, prepaid_credits_minor, catalog_hash, created_at)
-                SELECT format('org_%s', lpad(n::text, 5, '0')), format('Org %s', n), p.code, p.plan_id, p.currency,
-                       'none', CASE WHEN n % 3 = 0 THEN 0.2 ELSE 0 END,
-                       CASE WHEN n % 10 = 0 THEN '[{"code": "d10", "kind": "percentage", "value": "10",
-                                                    "valid_from": "2026-01-01"}]'::jsonb ELSE '[]' END,
-                       CASE WHEN n % 7 = 0 THEN 500 ELSE 0 END, 'bench', '2026-01-01'
-                FROM generate_series(1, :orgs) n
-                JOIN billing.plans p ON p.code = (ARRAY['standard_usd', 'volume_eur', 'yen'])[1 + n % 3]
-                """
-            ),
-            {"orgs": orgs},
-        )
+        insert_organisations(conn, orgs, ["standard_usd", "volume_eur", "yen"])
         conn.execute(sa.text("SELECT billing.ensure_event_partitions(:m, :m)"), {"m": MONTH})
         rows = []
         for n in range(1, orgs + 1):

@@ -314,6 +314,34 @@ def late_event_refresh(engine, usage_defs, instance, cursor, day: date, rounds: 
         report(BENCH, f"late_event_refresh_{name}", value, "subprocess_dbt", base)
 
 
+def dbt_usage_job():
+    """(definitions, job): the dbt usage assets and their data tests as usage_job runs them, without
+    the reconciliation and the dbt unit tests, over the daily usage partitions."""
+    import dagster as dg
+
+    from billing_pipeline.defs.resources import RESOURCES
+    from billing_pipeline.defs.usage import defs as usage_defs
+    from billing_pipeline.defs.usage.partitions import usage_daily_partitions
+
+    dbt_keys = [dg.AssetKey(k) for k in ("stg_billable_metrics", "stg_events", "usage_daily", "usage_period")]
+    unit_tests = next(c for c in usage_defs.asset_checks if c.node_def.name == "usage_dbt_unit_tests")
+    dbt_job = dg.define_asset_job(
+        "bench_usage_dbt",
+        partitions_def=usage_daily_partitions,
+        selection=dg.AssetSelection.assets(*dbt_keys) - dg.AssetSelection.checks(unit_tests),
+    )
+    defs = dg.Definitions.merge(usage_defs, dg.Definitions(jobs=[dbt_job], resources=RESOURCES))
+    return defs, defs.resolve_job_def("bench_usage_dbt")
+
+
+def day_range_tags(start: date, end: date) -> dict:
+    """The tags of one run over the usage days [start, end) (a single-run backfill)."""
+    return {
+        "dagster/asset_partition_range_start": start.isoformat(),
+        "dagster/asset_partition_range_end": (end - timedelta(days=1)).isoformat(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -323,35 +351,19 @@ def main() -> None:
     with bench_home() as settings:
         import dagster as dg
 
-        from billing_pipeline.defs.resources import RESOURCES, WarehouseResource
-        from billing_pipeline.defs.usage import defs as usage_defs
-        from billing_pipeline.defs.usage.partitions import usage_daily_partitions
+        from billing_pipeline.defs.resources import WarehouseResource
         from billing_pipeline.defs.usage.project import DBT_PROJECT_DIR
         from billing_pipeline.warehouse import get_engine
 
         engine = get_engine(settings)
         seed(engine, args.events)
-        dbt_keys = [
-            dg.AssetKey(k) for k in ("stg_billable_metrics", "stg_events", "usage_daily", "usage_period")
-        ]
-        unit_tests = next(c for c in usage_defs.asset_checks if c.node_def.name == "usage_dbt_unit_tests")
-        # the dbt assets and their data tests, as usage_job runs them, without the reconciliation
-        dbt_job = dg.define_asset_job(
-            "bench_usage_dbt",
-            partitions_def=usage_daily_partitions,
-            selection=dg.AssetSelection.assets(*dbt_keys) - dg.AssetSelection.checks(unit_tests),
-        )
-        defs = dg.Definitions.merge(usage_defs, dg.Definitions(jobs=[dbt_job], resources=RESOURCES))
-        job = defs.resolve_job_def("bench_usage_dbt")
+        defs, job = dbt_usage_job()
         instance = dg.DagsterInstance.ephemeral()
 
         ctas_seconds(engine, MONTH, NEXT_MONTH)  # warm the cache for both sides
         ctas_s = ctas_seconds(engine, MONTH, NEXT_MONTH)
 
-        tags = {
-            "dagster/asset_partition_range_start": MONTH.isoformat(),
-            "dagster/asset_partition_range_end": (NEXT_MONTH - timedelta(days=1)).isoformat(),
-        }
+        tags = day_range_tags(MONTH, NEXT_MONTH)
         with Timer() as run_t:
             result = job.execute_in_process(instance=instance, tags=tags)
         assert result.success

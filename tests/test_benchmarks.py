@@ -15,8 +15,11 @@ TINY = {
     "bench_accounts.py": ["--organisations", "200", "--sample", "20"],
     "bench_calls.py": ["--calls", "200", "--per-call-sample", "20"],
     "bench_collection.py": ["--invoices", "50"],
+    "bench_history.py": ["--months", "1,2", "--events-per-month", "6000", "--day-events", "3000",
+                         "--charges-per-day", "2000", "--orgs", "50"],
     "bench_ingestion.py": ["--events", "3000", "--backfill-events", "500", "--per-row-sample", "20"],
     "bench_invoicing.py": ["--orgs", "40", "--loop-sample", "5"],
+    "bench_month.py": ["--events", "12000,24000", "--orgs", "100", "--charges", "3000"],
     "bench_payments.py": ["--records", "3000", "--posts", "50"],
     "bench_usage.py": ["--events", "5000", "--refresh-rounds", "1"],
 }
