@@ -352,6 +352,7 @@ def main() -> None:
         import dagster as dg
 
         from billing_pipeline.defs.resources import WarehouseResource
+        from billing_pipeline.defs.usage import defs as usage_defs
         from billing_pipeline.defs.usage.project import DBT_PROJECT_DIR
         from billing_pipeline.warehouse import get_engine
 
