@@ -420,18 +420,16 @@ def _apply_seller(conn: sa.Connection, seller: Seller, actor: str, source: str) 
     """Upsert the one seller row; audited when it changes. Returns 1 when it changed."""
     details = seller.document_dict()
     name = details.pop("name")
-    digest = content_hash({"name": name, **details})
     before = conn.execute(sa.text("SELECT name, details FROM billing.seller")).mappings().one_or_none()
     changed = conn.execute(
         sa.text(
             """
-            INSERT INTO billing.seller (name, details, content_hash) VALUES (:name, CAST(:details AS jsonb), :hash)
-            ON CONFLICT (seller_id) DO UPDATE SET name = excluded.name, details = excluded.details,
-                content_hash = excluded.content_hash, updated_at = now()
-            WHERE seller.content_hash <> excluded.content_hash
+            INSERT INTO billing.seller (name, details) VALUES (:name, CAST(:details AS jsonb))
+            ON CONFLICT (seller_id) DO UPDATE SET name = excluded.name, details = excluded.details, updated_at = now()
+            WHERE (seller.name, seller.details) IS DISTINCT FROM (excluded.name, excluded.details)
             """
         ),
-        {"name": name, "details": json.dumps(details), "hash": digest},
+        {"name": name, "details": json.dumps(details)},
     ).rowcount
     if changed:
         audit.record(conn, [audit.AuditEntry(

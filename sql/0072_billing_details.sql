@@ -6,7 +6,6 @@ CREATE TABLE billing.seller (
     seller_id    boolean PRIMARY KEY DEFAULT true CHECK (seller_id),   -- one row
     name         text NOT NULL CHECK (name <> ''),
     details      jsonb NOT NULL DEFAULT '{}',     -- {address: [lines], tax_id, email}
-    content_hash text NOT NULL,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 

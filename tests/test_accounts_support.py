@@ -49,8 +49,8 @@ def add_org(
 ) -> None:
     """An organisation as `catalog apply` writes it (and the catalog's seller, once)."""
     conn.execute(sa.text(
-        "INSERT INTO billing.seller (name, details, content_hash)"
-        " VALUES ('Test Seller Ltd', '{\"address\": [\"1 Test Road\"]}', 'h') ON CONFLICT DO NOTHING"
+        "INSERT INTO billing.seller (name, details)"
+        " VALUES ('Test Seller Ltd', '{\"address\": [\"1 Test Road\"]}') ON CONFLICT DO NOTHING"
     ))  # fmt: skip
     conn.execute(
         sa.text("""

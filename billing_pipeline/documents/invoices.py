@@ -127,7 +127,9 @@ _CREDIT_NOTE_LINES = sa.text(
 )
 
 
-def credit_note_document(conn: sa.Connection, credit_note_id: int) -> tuple[render.Document, int]:
+def credit_note_document(
+    conn: sa.Connection, credit_note_id: int, issuer: render.Party
+) -> tuple[render.Document, int]:
     """A credit note as a document (and the id of the invoice it credits), from its stored rows."""
     cn = conn.execute(_CREDIT_NOTE, {"id": credit_note_id}).mappings().one()
     lines = conn.execute(_CREDIT_NOTE_LINES, {"id": credit_note_id}).mappings().all()
@@ -140,7 +142,7 @@ def credit_note_document(conn: sa.Connection, credit_note_id: int) -> tuple[rend
         number=cn["number"],
         issued_at=cn["issued_at"],
         currency=cn["currency"],
-        seller=seller(conn),
+        seller=issuer,
         customer=customer(cn),
         lines=[render.Line(ln["description"], None, None, ln["amount_minor"]) for ln in lines],
         summary=summary,
@@ -226,7 +228,7 @@ def render_documents(
         return store(
             conn,
             [(invoice_document(i, by_invoice[i["invoice_id"]], issuer), i["invoice_id"]) for i in invoices]
-            + [credit_note_document(conn, note_id) for note_id in notes],
+            + [credit_note_document(conn, note_id, issuer) for note_id in notes],
             actor,
         )
 

@@ -272,7 +272,8 @@ def issue(
         # rendered once, with the credit note it prints (billing.invoice_documents keeps it and its sha256);
         # without a seller in the catalog, later by invoice_documents or `invoice pdf`
         try:
-            documents.store(conn, [documents.credit_note_document(conn, note.credit_note_id)], actor)
+            document = documents.credit_note_document(conn, note.credit_note_id, documents.seller(conn))
+            documents.store(conn, [document], actor)
         except documents.NoSeller as exc:
             log.warning("credit note %s: no document yet (%s)", note.number, exc)
     return note

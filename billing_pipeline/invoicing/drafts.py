@@ -55,12 +55,12 @@ from billing_pipeline.pricing import (
 _ZERO = Decimal(0)
 
 
-def _json(text: str | None):
+def parse_json(text: str | None):
     """JSON from the database, numbers as Decimal (never float)."""
     return None if text is None else json.loads(text, parse_float=Decimal)
 
 
-def _dump(value) -> str:
+def dump_json(value) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
@@ -165,15 +165,15 @@ def load_inputs(conn: sa.Connection, period_start: date, organisation_id: str | 
             organisation_id=row.organisation_id,
             currency=row.currency,
             tax_rate=row.tax_rate,
-            discounts=_json(row.discounts),
+            discounts=parse_json(row.discounts),
             existed_in_period=row.existed_in_period,
             credits_available_minor=int(row.credits_available_minor),
             plan_id=row.plan_id,
             plan_code=row.plan_code,
             plan_version=row.plan_version,
             minimum_commitment=row.minimum_commitment,
-            plan_definition=_json(row.plan_definition),
-            charges=tuple(Charge.from_json(c) for c in _json(row.charges)),
+            plan_definition=parse_json(row.plan_definition),
+            charges=tuple(Charge.from_json(c) for c in parse_json(row.charges)),
         )
         for row in conn.execute(sa.text(load_sql("draft_organisations.sql")), params)
     ]
@@ -183,7 +183,7 @@ def load_inputs(conn: sa.Connection, period_start: date, organisation_id: str | 
     }
     late: dict[str, list[LateUsage]] = defaultdict(list)
     for row in conn.execute(sa.text(load_sql("draft_late_usage.sql")), params):
-        charge = _json(row.charge)
+        charge = parse_json(row.charge)
         late[row.organisation_id].append(
             LateUsage(
                 organisation_id=row.organisation_id,
@@ -196,7 +196,7 @@ def load_inputs(conn: sa.Connection, period_start: date, organisation_id: str | 
                 currency=row.currency,
                 charge=Charge.from_json(charge) if charge else None,
                 original_invoice_number=row.original_invoice_number,
-                events=tuple(LateEvent(e[0], e[1], e[2], Decimal(e[3])) for e in _json(row.events) or ()),
+                events=tuple(LateEvent(e[0], e[1], e[2], Decimal(e[3])) for e in parse_json(row.events) or ()),
                 event_amounts=tuple(row.event_amounts or ()),
             )
         )
@@ -511,9 +511,9 @@ def write_drafts(conn: sa.Connection, period_start: date, drafts: list[Draft], b
         ),  # fmt: skip
         (
             (
-                d.organisation_id, d.currency, d.plan_id, d.plan_code, d.plan_version, _dump(d.plan_snapshot),
+                d.organisation_id, d.currency, d.plan_id, d.plan_code, d.plan_version, dump_json(d.plan_snapshot),
                 d.tax_rate, d.subtotal_minor, d.discount_minor, d.tax_minor, d.credits_applied_minor,
-                d.total_minor, _dump(d.discounts_applied), _dump(d.problems),
+                d.total_minor, dump_json(d.discounts_applied), dump_json(d.problems),
             )  # fmt: skip
             for d in drafts
         ),
@@ -528,7 +528,7 @@ def write_drafts(conn: sa.Connection, period_start: date, drafts: list[Draft], b
         (
             (
                 d.organisation_id, line.kind, line.metric, line.aggregation, line.units, line.model,
-                line.amount_unrounded, line.amount_minor, line.original_period_start, _dump(line.charge),
+                line.amount_unrounded, line.amount_minor, line.original_period_start, dump_json(line.charge),
             )  # fmt: skip
             for d in drafts
             for line in d.lines
@@ -620,7 +620,7 @@ def build_drafts(engine: Engine, period_start: date, actor: str) -> BuildResult:
                 "n": len(drafts),
                 "events": fingerprint[0],
                 "quantity": fingerprint[1],
-                "summary": _dump(result.summary()),
+                "summary": dump_json(result.summary()),
             },
         )
         created = write_drafts(conn, period_start, drafts, build_id, actor)

@@ -156,8 +156,9 @@ def void_invoice(
         )
         replacement_id = replacement_number = None
         if replace:
+            replacement_total = inv["total_minor"]
             if units:
-                replacement_id = _insert_repriced(conn, inv["invoice_id"], units, actor)
+                replacement_id, replacement_total = _insert_repriced(conn, inv["invoice_id"], units, actor)
             else:
                 replacement_id = conn.execute(
                     _COPY_INVOICE, {"invoice_id": inv["invoice_id"], "actor": actor}
@@ -212,7 +213,7 @@ def void_invoice(
                             from_state="draft",
                             to_state="finalized",
                             detail={"number": replacement_number, "replaces": number,
-                                    "total_minor": _total(conn, replacement_id)},
+                                    "total_minor": replacement_total},
                         )
                     ]
                     if replace
@@ -263,12 +264,6 @@ def _cancel_open_link(conn: sa.Connection, inv: Mapping, client: razorpay.Client
     return link_id  # cancelled now, or already cancelled or expired
 
 
-def _total(conn: sa.Connection, invoice_id: int) -> int:
-    return conn.execute(
-        sa.text("SELECT total_minor FROM billing.invoices WHERE invoice_id = :i"), {"i": invoice_id}
-    ).scalar_one()
-
-
 _VOIDED = sa.text("""
     SELECT v.organisation_id, v.period_start, v.currency, v.issuer, v.build_id,
            v.plan_snapshot::text AS plan_snapshot,
@@ -290,17 +285,24 @@ _LINES = sa.text("""
     FROM billing.invoice_lines l WHERE l.invoice_id = :i ORDER BY l.line_id
 """)
 
+# the event amounts of a percentage charge as the voided invoice priced them: the month's events ingested
+# before the month closed (later ones were billed as late usage, on a later invoice)
 _EVENT_AMOUNTS = sa.text("""
     SELECT coalesce(array_agg(quantity ORDER BY occurred_at, event_id), '{}') FROM billing.events
     WHERE organisation_id = :org AND metric = :metric AND occurred_at >= :period_start_ts
       AND occurred_at < :period_end_ts
+      AND ingested_at <= coalesce((SELECT closed_at FROM billing.invoice_periods WHERE period_start = :period_start),
+                                  'infinity')
 """)
 
 
-def _insert_repriced(conn: sa.Connection, voided_id: int, units: Mapping[str, Decimal], actor: str) -> int:
-    """The replacement of `voided_id` priced again with corrected `units`, written as a draft; its id."""
+def _insert_repriced(
+    conn: sa.Connection, voided_id: int, units: Mapping[str, Decimal], actor: str
+) -> tuple[int, int]:
+    """The replacement of `voided_id` priced again with corrected `units`, written as a draft; its id and
+    total."""
     inv = conn.execute(_VOIDED, {"i": voided_id}).mappings().one()
-    snapshot = drafts._json(inv["plan_snapshot"]) or {}
+    snapshot = drafts.parse_json(inv["plan_snapshot"]) or {}
     charges = {c["metric"]: drafts.Charge.from_json(c) for c in snapshot.get("charges") or ()}
     for metric, value in units.items():
         if metric not in charges:
@@ -314,11 +316,11 @@ def _insert_repriced(conn: sa.Connection, voided_id: int, units: Mapping[str, De
     bounds = periods.bounds(inv["period_start"])
     for line in conn.execute(_LINES, {"i": voided_id}).mappings():
         if line["kind"] == "late_usage":
-            events = tuple(drafts.LateEvent(e[0], e[1], e[2], Decimal(e[3])) for e in drafts._json(line["events"]))
+            events = tuple(drafts.LateEvent(e[0], e[1], e[2], Decimal(e[3])) for e in drafts.parse_json(line["events"]))
             carried.append(drafts.DraftLine(
                 kind="late_usage", metric=line["metric"], aggregation=line["aggregation"], units=line["units"],
                 model=line["model"], amount_unrounded=line["amount_unrounded"], amount_minor=0,
-                original_period_start=line["original_period_start"], charge=drafts._json(line["charge"]),
+                original_period_start=line["original_period_start"], charge=drafts.parse_json(line["charge"]),
                 late_events=events,
             ))  # fmt: skip
         elif line["kind"] == "usage":
@@ -361,9 +363,9 @@ def _insert_repriced(conn: sa.Connection, voided_id: int, units: Mapping[str, De
         {"org": inv["organisation_id"], "period_start": inv["period_start"],
          "period_end": periods.next_month(inv["period_start"]), "currency": inv["currency"], "issuer": inv["issuer"],
          "plan_id": draft.plan_id, "plan_code": draft.plan_code, "plan_version": draft.plan_version,
-         "snapshot": drafts._dump(draft.plan_snapshot), "tax_rate": draft.tax_rate, "subtotal": draft.subtotal_minor,
+         "snapshot": drafts.dump_json(draft.plan_snapshot), "tax_rate": draft.tax_rate, "subtotal": draft.subtotal_minor,
          "discount": draft.discount_minor, "tax": draft.tax_minor, "credits": draft.credits_applied_minor,
-         "total": draft.total_minor, "applied": drafts._dump(draft.discounts_applied), "build_id": inv["build_id"],
+         "total": draft.total_minor, "applied": drafts.dump_json(draft.discounts_applied), "build_id": inv["build_id"],
          "actor": actor},
     ).scalar_one()  # fmt: skip
     for line in draft.lines:
@@ -376,7 +378,7 @@ def _insert_repriced(conn: sa.Connection, voided_id: int, units: Mapping[str, De
             RETURNING line_id"""),
             {"i": new_id, "kind": line.kind, "metric": line.metric, "aggregation": line.aggregation,
              "units": line.units, "model": line.model, "unrounded": line.amount_unrounded,
-             "minor": line.amount_minor, "original": line.original_period_start, "charge": drafts._dump(line.charge)},
+             "minor": line.amount_minor, "original": line.original_period_start, "charge": drafts.dump_json(line.charge)},
         ).scalar_one()  # fmt: skip
         if line.late_events:
             conn.execute(
@@ -387,4 +389,4 @@ def _insert_repriced(conn: sa.Connection, voided_id: int, units: Mapping[str, De
                 [{"l": line_id, "e": e.event_id, "o": e.occurred_at, "g": e.ingested_at, "q": e.quantity}
                  for e in line.late_events],
             )  # fmt: skip
-    return new_id
+    return new_id, draft.total_minor
