@@ -157,7 +157,7 @@ def per_organisation_loop(engine, period_start: date, sample: int) -> int:
     """The baseline: the same pricing, one organisation at a time, a round trip per query and row,
     for the first `sample` organisations (it costs minutes for all 10,000 on this shared machine)."""
     from billing_pipeline.invoicing import periods
-    from billing_pipeline.invoicing.drafts import Charge, OrganisationInput, Usage, _dump, price_organisation
+    from billing_pipeline.invoicing.drafts import Charge, OrganisationInput, Usage, dump_json, price_organisation
 
     bounds = periods.bounds(period_start)
     with engine.begin() as conn:
@@ -231,7 +231,7 @@ def per_organisation_loop(engine, period_start: date, sample: int) -> int:
                     " 'bench:loop') RETURNING invoice_id"
                 ),
                 {"o": org_id, "c": d.currency, "pid": d.plan_id, "pc": d.plan_code, "pv": d.plan_version,
-                 "snap": _dump(d.plan_snapshot), "tax": d.tax_rate, "s": d.subtotal_minor, "d": d.discount_minor,
+                 "snap": dump_json(d.plan_snapshot), "tax": d.tax_rate, "s": d.subtotal_minor, "d": d.discount_minor,
                  "t": d.tax_minor, "cr": d.credits_applied_minor, "tot": d.total_minor, "b": build, **bounds},
             ).scalar_one()  # fmt: skip
             for line in d.lines:
@@ -243,7 +243,7 @@ def per_organisation_loop(engine, period_start: date, sample: int) -> int:
                     ),
                     {"i": invoice_id, "k": line.kind, "m": line.metric, "a": line.aggregation, "u": line.units,
                      "mo": line.model, "au": line.amount_unrounded, "am": line.amount_minor,
-                     "ch": _dump(line.charge)},
+                     "ch": dump_json(line.charge)},
                 )  # fmt: skip
         conn.execute(sa.text("DELETE FROM billing.invoices WHERE build_id = :b"), {"b": build})
     return len(org_ids)
