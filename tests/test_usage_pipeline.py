@@ -588,10 +588,12 @@ def test_in_process_dbt_two_runs_at_once_in_one_process_and_a_run_in_a_fresh_pro
 
     insert_metrics(engine)
     insert_events(engine, make_events(7, utc(2025, 3, 1), utc(2025, 3, 4), 60, "c"))
-    instance = dg.DagsterInstance.ephemeral()
     results: dict[str, bool] = {}
 
     def run(day: str) -> None:
+        # an instance per thread: the ephemeral instance's in-memory SQLite storage is not for two
+        # threads at once ("database table is locked"); dbt's state is what the two runs share
+        instance = dg.DagsterInstance.ephemeral()
         results[day] = USAGE_JOB.execute_in_process(instance=instance, partition_key=day).success
 
     threads = [threading.Thread(target=run, args=(day,)) for day in ("2025-03-01", "2025-03-02")]
