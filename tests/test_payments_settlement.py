@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 import pytest
@@ -176,3 +178,86 @@ def test_allocations_are_append_only(engine, invoices):
     ):
         with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(sa.text(statement))
+
+
+# --- what settlement reads: billing.settlement_queue (sql/0093_settlement_queue.sql) ---
+
+
+def _queued(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                sa.text("SELECT p.object_id FROM billing.settlement_queue q JOIN billing.payments p USING (payment_id)")
+            ).scalars()
+        )
+
+
+def test_settled_payments_leave_the_queue_and_captured_money_no_rule_placed_yet_stays(engine, invoices):
+    a = invoices["org_a"]
+    _apply(
+        engine,
+        _charge(1, 10000, metadata={"invoice_id": str(a["invoice_id"])}),  # allocated
+        _charge(2, 7000, status="pending", customer="cus_b"),  # no money yet
+        _charge(3, 10000, customer="cus_nobody"),  # names no invoice and no organisation
+        _charge(4, 7000, customer="cus_b", created=ts(2026, 11, 20)),  # no invoice of 7000 yet
+    )
+    assert _queued(engine) == {"ch_4"}
+    # the invoice it pays is finalized later, with no payment recorded since: the queued payment meets it
+    november = add_invoices(engine, [("org_b", 7000)], month=date(2026, 11, 1))[0]
+    settled = _apply(engine)
+    assert (settled.allocations, settled.by_rule) == (1, 1)
+    assert _balances(engine)[november["number"]].settlement_state == "paid"
+    assert _queued(engine) == set()
+    # a change to an allocated payment queues it again, and its refund is allocated
+    assert _apply(engine, _charge(1, 10000, metadata={"invoice_id": str(a["invoice_id"])}, amount_refunded=1000)
+                  ).allocations == 1
+    assert _balances(engine)[a["number"]].paid_minor == 9000
+    # the pending one captured: queued by its update, allocated by the rule
+    _apply(engine, _charge(2, 7000, customer="cus_b", created=ts(2026, 11, 21)))
+    assert _queued(engine) == {"ch_2"}  # captured now, and November's 7000 is already paid: waits
+
+
+def test_a_payment_intent_recorded_after_its_charge_names_the_invoice_for_it(engine, invoices):
+    a = invoices["org_a"]
+    assert _apply(engine, _charge(1, 10000, customer=None, payment_intent="pi_1")).allocations == 0
+    assert _queued(engine) == set()  # nothing names an invoice or an organisation for it yet
+    intent = stripe_observation(
+        {"object": "payment_intent", "id": "pi_1", "amount": 10000, "currency": "usd", "status": "succeeded",
+         "created": IN_WINDOW, "metadata": {"invoice_number": a["number"]}}
+    )
+    settled = _apply(engine, intent)
+    assert (settled.allocations, settled.by_reference) == (1, 1)
+    assert _balances(engine)[a["number"]].settlement_state == "paid"
+
+
+def test_a_change_committed_while_settlement_runs_is_settled_next_time(engine, invoices):
+    """The queue row is deleted only if it is still the one settlement read (queued_seq)."""
+    a = invoices["org_a"]
+    with engine.begin() as conn:  # recorded, not settled: queued while not yet captured
+        apply_observations(
+            conn, [Seen(_charge(1, 10000, status="pending", metadata={"invoice_id": str(a["invoice_id"])}))],
+            via="sync", actor=ACTOR,
+        )
+    # captured meanwhile by a writer that holds the queue row until it commits
+    with engine.connect() as capture, ThreadPoolExecutor(1) as pool:
+        capture.begin()
+        capture.execute(
+            sa.text("UPDATE billing.payments SET status = 'captured', status_rank = 4 WHERE object_id = 'ch_1'")
+        )
+        settling = pool.submit(lambda: _apply(engine))
+        waiting = 0
+        with engine.connect() as conn:
+            for _ in range(200):
+                waiting = conn.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND datname = current_database()")
+                ).scalar()
+                if waiting or settling.done():
+                    break
+                time.sleep(0.05)
+        capture.commit()
+        assert waiting == 1, "settlement did not wait for the queue row the capture holds"
+        assert settling.result().allocations == 0  # it read the payment as pending
+    assert _queued(engine) == {"ch_1"}
+    assert _apply(engine).allocations == 1
+    assert _balances(engine)[a["number"]].settlement_state == "paid"

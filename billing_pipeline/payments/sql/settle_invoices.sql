@@ -1,5 +1,5 @@
 -- Allocate captured money to finalized invoices (billing.invoice_payments, append-only deltas) and
--- audit each invoice whose paid amount changed. One statement for every payment and invoice:
+-- audit each invoice whose paid amount changed. One statement:
 --   1. a payment already allocated follows its current net amount (a refund allocates a negative delta);
 --   2. a new payment naming an invoice (invoice_id or number, on itself or on its payment intent /
 --      order) in the invoice's currency is allocated to it, whatever its amount (partial, over);
@@ -7,7 +7,17 @@
 --      same currency, total equal to the payment, for a period with period_start <= payment time
 --      < period_end + 45 days; the k-th such payment (oldest first) takes the k-th such invoice
 --      (oldest period first). Anything else stays unallocated: reconciliation reports it.
-WITH money_in AS (
+-- It reads only the payments in billing.settlement_queue (sql/0093_settlement_queue.sql: those whose
+-- payment, parent or credit-note refunds changed since they were last settled, and captured money no
+-- rule has placed yet), the allocations of those payments, and the finalized invoices they name or
+-- share an organisation, currency and amount with: a day's settlement does not read the history. Rule 3
+-- numbers payments and invoices within one (organisation, currency, amount), and every unallocated
+-- payment of such a group is queued, so reading those groups whole gives what a pass over every payment
+-- would. Afterwards it deletes the queue rows it read, except captured money a rule may still place.
+WITH queued AS (
+    SELECT payment_id, queued_seq FROM billing.settlement_queue
+),
+money_in AS (
     SELECT p.payment_id, p.currency, p.provider_created_at,
            COALESCE(p.organisation_id, parent.organisation_id) AS organisation_id,
            COALESCE(p.invoice_ref, parent.invoice_ref) AS invoice_ref,
@@ -16,27 +26,21 @@ WITH money_in AS (
            CASE WHEN p.status IN ('captured', 'partially_refunded', 'refunded')
                 THEN p.amount_minor - LEAST(GREATEST(p.amount_refunded_minor - COALESCE(cn.refunded_minor, 0), 0),
                                             p.amount_minor) ELSE 0 END AS net_minor
-    FROM billing.payments p
+    FROM queued q
+    JOIN billing.payments p ON p.payment_id = q.payment_id
     LEFT JOIN billing.payments parent
            ON parent.provider = p.provider AND parent.object_id = p.parent_object_id
-    LEFT JOIN (SELECT payment_id, sum(amount_minor) AS refunded_minor FROM billing.refunds
-               WHERE payment_id IS NOT NULL AND status <> 'failed' GROUP BY payment_id) cn
-           ON cn.payment_id = p.payment_id
+    LEFT JOIN LATERAL (SELECT sum(r.amount_minor) AS refunded_minor FROM billing.refunds r
+                       WHERE r.payment_id = p.payment_id AND r.status <> 'failed') cn ON true
     WHERE (p.provider = 'stripe' AND p.object_type = 'charge')
        OR (p.provider = 'razorpay' AND p.object_type = 'payment')
 ),
 allocated AS (
-    SELECT payment_id, min(invoice_id) AS invoice_id, min(rule) AS rule, sum(amount_minor)::bigint AS allocated_minor
-    FROM billing.invoice_payments GROUP BY payment_id
-),
-finalized AS (
-    SELECT invoice_id, number, organisation_id, currency, total_minor, period_start, period_end
-    FROM billing.invoices WHERE status = 'finalized'
-),
-refs AS (
-    SELECT invoice_id::text AS ref, invoice_id, currency FROM finalized
-    UNION ALL
-    SELECT number, invoice_id, currency FROM finalized
+    SELECT a.payment_id, min(a.invoice_id) AS invoice_id, min(a.rule) AS rule,
+           sum(a.amount_minor)::bigint AS allocated_minor
+    FROM billing.invoice_payments a
+    WHERE a.payment_id IN (SELECT payment_id FROM money_in)
+    GROUP BY a.payment_id
 ),
 adjusted AS (
     SELECT a.invoice_id, m.payment_id, m.net_minor - a.allocated_minor AS delta, m.currency, a.rule
@@ -46,24 +50,39 @@ unallocated AS (
     SELECT m.* FROM money_in m
     WHERE m.net_minor > 0 AND NOT EXISTS (SELECT 1 FROM allocated a WHERE a.payment_id = m.payment_id)
 ),
-by_reference AS (
-    SELECT DISTINCT ON (u.payment_id) r.invoice_id, u.payment_id, u.net_minor AS delta, u.currency,
-           'reference' AS rule
-    FROM unallocated u JOIN refs r ON r.ref = u.invoice_ref AND r.currency = u.currency
-    ORDER BY u.payment_id, r.invoice_id
+-- the finalized invoice a payment names, by number or by id (its canonical decimal text)
+named AS (
+    SELECT u.payment_id, i.invoice_id
+    FROM unallocated u JOIN billing.invoices i ON i.number = u.invoice_ref
+    WHERE i.status = 'finalized' AND i.currency = u.currency
+    UNION ALL
+    SELECT u.payment_id, i.invoice_id
+    FROM unallocated u
+    JOIN billing.invoices i
+      ON i.invoice_id = CASE WHEN u.invoice_ref ~ '^[1-9][0-9]{0,17}$' THEN u.invoice_ref::bigint END
+    WHERE i.status = 'finalized' AND i.currency = u.currency
 ),
-open_invoices AS (
-    SELECT i.*, row_number() OVER (PARTITION BY i.organisation_id, i.currency, i.total_minor
-                                   ORDER BY i.period_start, i.invoice_id) AS k
-    FROM finalized i
-    WHERE NOT EXISTS (SELECT 1 FROM billing.invoice_payments a WHERE a.invoice_id = i.invoice_id)
-      AND NOT EXISTS (SELECT 1 FROM by_reference b WHERE b.invoice_id = i.invoice_id)
+by_reference AS (
+    SELECT DISTINCT ON (u.payment_id) n.invoice_id, u.payment_id, u.net_minor AS delta, u.currency,
+           'reference' AS rule
+    FROM unallocated u JOIN named n ON n.payment_id = u.payment_id
+    ORDER BY u.payment_id, n.invoice_id
 ),
 unnamed AS (
     SELECT u.*, row_number() OVER (PARTITION BY u.organisation_id, u.currency, u.net_minor
                                    ORDER BY u.provider_created_at, u.payment_id) AS k
     FROM unallocated u
     WHERE u.invoice_ref IS NULL AND u.organisation_id IS NOT NULL
+),
+open_invoices AS (
+    SELECT i.invoice_id, i.organisation_id, i.currency, i.total_minor, i.period_start, i.period_end,
+           row_number() OVER (PARTITION BY i.organisation_id, i.currency, i.total_minor
+                              ORDER BY i.period_start, i.invoice_id) AS k
+    FROM billing.invoices i
+    WHERE i.status = 'finalized'
+      AND (i.organisation_id, i.currency, i.total_minor) IN (SELECT organisation_id, currency, net_minor FROM unnamed)
+      AND NOT EXISTS (SELECT 1 FROM billing.invoice_payments a WHERE a.invoice_id = i.invoice_id)
+      AND NOT EXISTS (SELECT 1 FROM by_reference b WHERE b.invoice_id = i.invoice_id)
 ),
 by_rule AS (
     SELECT i.invoice_id, u.payment_id, u.net_minor AS delta, u.currency, 'customer_amount_window' AS rule
@@ -79,8 +98,20 @@ inserted AS (
     WHERE delta <> 0
     RETURNING invoice_id, payment_id, amount_minor, rule
 ),
+-- captured money still unplaced that names an invoice or an organisation stays queued
+dequeued AS (
+    DELETE FROM billing.settlement_queue q USING queued r
+    WHERE q.payment_id = r.payment_id AND q.queued_seq = r.queued_seq
+      AND NOT EXISTS (SELECT 1 FROM unallocated u
+                      WHERE u.payment_id = r.payment_id
+                        AND (u.invoice_ref IS NOT NULL OR u.organisation_id IS NOT NULL)
+                        AND NOT EXISTS (SELECT 1 FROM inserted n WHERE n.payment_id = u.payment_id))
+    RETURNING q.payment_id
+),
 paid_before AS (
-    SELECT invoice_id, sum(amount_minor)::bigint AS paid FROM billing.invoice_payments GROUP BY invoice_id
+    SELECT a.invoice_id, sum(a.amount_minor)::bigint AS paid FROM billing.invoice_payments a
+    WHERE a.invoice_id IN (SELECT invoice_id FROM inserted)
+    GROUP BY a.invoice_id
 ),
 changed AS (
     SELECT n.invoice_id, i.number, i.total_minor, COALESCE(b.paid, 0) AS before_minor,
