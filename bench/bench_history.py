@@ -7,7 +7,7 @@ the catalog and organisations of bench_month; then, not timed, the history writt
 job over November 1-14, which creates the usage tables; the earlier months' usage.usage_daily,
 usage.usage_period and usage.aggregated_days rows by GROUP BY); --charges-per-day Stripe charges and
 Razorpay payments per day in billing.payments and billing.provider_records (one per 1,000 missing at
-the provider), each day synced, and the whole history reconciled once (reconcile_payments over the
+the provider), each day synced, the whole history settled once and reconciled once (reconcile_payments over the
 range: recon.discrepancies and the findings' identities). Then the day, 2026-11-15: --day-events edge
 events (bench_month's generator: ~1% late by up to 47 hours, 0.05% bad) and --charges-per-day more
 payments and provider records; and so on for --days days (16th, 17th, ...: the machine is shared, one
@@ -149,6 +149,7 @@ def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) 
     import dagster as dg
 
     from billing_pipeline.payments.reconciliation import reconcile_payments
+    from billing_pipeline.payments.settlement import settle_invoices
 
     first = months_before(MONTH, months)
     with engine.begin() as conn:
@@ -181,6 +182,8 @@ def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) 
             conn.execute(sa.text(HISTORY_AGGREGATED_DAYS), window)
             month = months_before(month, -1)
     payments(engine, first, DAY, per_day, "h")
+    with engine.begin() as conn:  # settled as each day's payments job did (empties billing.settlement_queue)
+        settle_invoices(conn, actor="bench-history")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
     with Timer() as reconciled, engine.begin() as conn:
