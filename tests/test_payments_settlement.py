@@ -187,7 +187,9 @@ def _queued(engine) -> set[str]:
     with engine.connect() as conn:
         return set(
             conn.execute(
-                sa.text("SELECT p.object_id FROM billing.settlement_queue q JOIN billing.payments p USING (payment_id)")
+                sa.text(
+                    "SELECT p.object_id FROM billing.settlement_queue q JOIN billing.payments p USING (payment_id)"
+                )
             ).scalars()
         )
 
@@ -209,8 +211,8 @@ def test_settled_payments_leave_the_queue_and_captured_money_no_rule_placed_yet_
     assert _balances(engine)[november["number"]].settlement_state == "paid"
     assert _queued(engine) == set()
     # a change to an allocated payment queues it again, and its refund is allocated
-    assert _apply(engine, _charge(1, 10000, metadata={"invoice_id": str(a["invoice_id"])}, amount_refunded=1000)
-                  ).allocations == 1
+    refunded = _charge(1, 10000, metadata={"invoice_id": str(a["invoice_id"])}, amount_refunded=1000)
+    assert _apply(engine, refunded).allocations == 1
     assert _balances(engine)[a["number"]].paid_minor == 9000
     # the pending one captured: queued by its update, allocated by the rule
     _apply(engine, _charge(2, 7000, customer="cus_b", created=ts(2026, 11, 21)))
@@ -242,7 +244,9 @@ def test_a_change_committed_while_settlement_runs_is_settled_next_time(engine, i
     with engine.connect() as capture, ThreadPoolExecutor(1) as pool:
         capture.begin()
         capture.execute(
-            sa.text("UPDATE billing.payments SET status = 'captured', status_rank = 4 WHERE object_id = 'ch_1'")
+            sa.text(
+                "UPDATE billing.payments SET status = 'captured', status_rank = 4 WHERE object_id = 'ch_1'"
+            )
         )
         settling = pool.submit(lambda: _apply(engine))
         waiting = 0
