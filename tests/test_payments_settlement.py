@@ -188,7 +188,7 @@ def _queued(engine) -> set[str]:
         return set(
             conn.execute(
                 sa.text(
-                    "SELECT p.object_id FROM billing.settlement_queue q JOIN billing.payments p USING (payment_id)"
+                    "SELECT p.object_id FROM billing.settlement_queue JOIN billing.payments p USING (payment_id)"
                 )
             ).scalars()
         )
