@@ -13,14 +13,13 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-
-import fpdf
-from fpdf import FPDF
-from fpdf.enums import XPos, YPos
+from importlib.metadata import version
 
 from billing_pipeline.money import from_minor, minor_unit_exponent
 
-RENDERER = f"fpdf2 {fpdf.__version__}"
+# fpdf is imported where a document is drawn: a process that loads the definitions and draws none
+# (every run worker, the daemon, the UI) does not pay its half second
+RENDERER = f"fpdf2 {version('fpdf2')}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,9 @@ def _latin1(text: str) -> str:
 
 
 def render(doc: Document) -> bytes:
+    from fpdf import FPDF
+    from fpdf.enums import XPos, YPos
+
     pdf = FPDF(format="A4")
     pdf.set_creation_date(doc.issued_at)
     pdf.set_title(_latin1(f"{doc.title} {doc.number}"))
