@@ -26,13 +26,15 @@
     - no event before the window was ingested at or after P's horizon (for an organisation without
       a row: the smallest horizon of the metric's rows in that month, a conservative bound on the
       last run's); those events are few and found through the BRIN index on ingested_at;
-    - no deletion: events are never updated, but an operator may delete some and rerun their days,
-      which rebuilds their month only. The built months before the window must then chain: each
-      month's opening level equals the closing level of the month before (0 without a row) when
-      both were built. A break means a later month still holds the level before the deletion: the
-      full sum for that organisation and metric (the months after a rebuilt one stay as they are
-      until they are run again, as before this carry; a deletion in a month never built, or before
-      a gap, is not seen: rerun the later months).
+    - no deletion: events are never updated, but an operator may delete some and rerun their days
+      (sql/0006_event_ids.sql), which rebuilds their month only, each month's own change
+      (closing - opening) then right. Over the run of consecutive built months that ends with P,
+      P's closing level must be the first month's opening level plus every month's own change:
+      it is unless a month was rebuilt after the next one was built (that month's opening level no
+      longer the closing level before it, 0 without a row). Otherwise the full sum (the months
+      after a rebuilt one keep their old level until they are run again, as before this carry; a
+      deletion before that run of months, or in a month not rerun, is not seen: rerun the later
+      months).
   The organisations and metrics that fail these checks are summed from every earlier change, and
   only those (a full pass over the earlier months' events, skipped when there are none). A full
   build (no window), or a window on a table not built yet, sums every change as before.
@@ -160,38 +162,41 @@ ws_late as materialized (
         and e.ingested_at >= coalesce(p.computed_horizon, c.horizon)
 ),
 
--- The months before the window that were built (they have rows): an index probe each
-ws_built as materialized (
-    select m::date as period_start
+-- The months from the first built to the previous one, built or not (they have rows or not): an
+-- index probe each; and the run of consecutive built months that ends with the previous month
+ws_months as materialized (
+    select m::date as period_start,
+        exists (select 1 from {{ this }} as p where p.period_start = m::date) as built
     from generate_series(
         (select min(p.period_start) from {{ this }} as p)::timestamp,
         '{{ previous_month.isoformat() }}'::timestamp,
         interval '1 month'
     ) as m
-    where exists (select 1 from {{ this }} as p where p.period_start = m::date)
+),
+
+ws_chain as materialized (
+    select period_start from ws_months
+    where period_start > coalesce((select max(period_start) from ws_months where not built), '-infinity'::date)
 ),
 
 -- Deleted events: the operator reruns the days concerned, which rebuilds their month, not the later
--- months. Between two consecutive built months, a month's opening level must be the month before's
--- closing level (0 without a row); where it is not, a month after a rebuilt one still holds the old
--- level, and so may the previous month: such organisations and metrics are summed again.
+-- months. Along the chain, the previous month's closing level is the first month's opening level
+-- plus each month's own change (closing - opening) plus, at each month, its opening level minus the
+-- closing level of the month before (0 without a row): 0 everywhere unless a month was rebuilt after
+-- the next one. Where their sum is not 0, the previous month's closing level is not that of the
+-- rebuilt months: such organisations and metrics are summed again.
 ws_broken as materialized (
-    select organisation_id, metric
-    from (
-        select h.organisation_id, h.metric, h.period_start as link, h.opening_level as level
-        from {{ this }} as h
-        where h.period_start < '{{ window.start.isoformat() }}'::date and h.aggregation = 'weighted_sum'
-            and h.metric in (select metric from ws_carried_metrics)
-            and (h.period_start - interval '1 month')::date in (select period_start from ws_built)
-        union all
-        select h.organisation_id, h.metric, (h.period_start + interval '1 month')::date, -h.closing_level
-        from {{ this }} as h
-        where h.period_start < '{{ window.start.isoformat() }}'::date and h.aggregation = 'weighted_sum'
-            and h.metric in (select metric from ws_carried_metrics)
-            and (h.period_start + interval '1 month')::date in (select period_start from ws_built)
-    ) as links
-    group by organisation_id, metric, link
-    having sum(level) <> 0
+    select h.organisation_id, h.metric
+    from {{ this }} as h
+    where h.period_start >= (select min(period_start) from ws_chain)
+        and h.period_start <= '{{ previous_month.isoformat() }}'::date
+        and h.aggregation = 'weighted_sum'
+        and h.metric in (select metric from ws_carried_metrics)
+    group by h.organisation_id, h.metric
+    having sum(
+        case when h.period_start > (select min(period_start) from ws_chain) then h.opening_level else 0 end
+        - case when h.period_start < '{{ previous_month.isoformat() }}'::date then h.closing_level else 0 end
+    ) <> 0
 ),
 
 -- The carried organisations and metrics whose level is summed again from every earlier change
