@@ -171,7 +171,9 @@ def test_changed_definition_and_unbuilt_month_fall_back_to_the_full_sum(engine):
     run_month(instance, FEB)
     run_month(instance, MAR)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE billing.billable_metrics SET allow_negative = false WHERE code = 'storage_gb'"))
+        conn.execute(
+            sa.text("UPDATE billing.billable_metrics SET allow_negative = false WHERE code = 'storage_gb'")
+        )
     run_month(instance, APR)
     positive = [e for e in events if e.quantity >= 0]
     got = levels(engine, APR)
