@@ -81,7 +81,10 @@ SELECT organisation_id, project_id, metric, (occurred_at AT TIME ZONE 'UTC')::da
 FROM billing.events WHERE occurred_at >= :s AND occurred_at < :e
 GROUP BY 1, 2, 3, 4
 """
-# every aggregation type's row, its value a plain aggregate (history that the day does not read)
+# every aggregation type's row, its value a plain aggregate (history that the day does not read);
+# weighted_sum's closing level is the month's own sum here, made a carried level by HISTORY_LEVELS.
+# Computed a day after the month ended: every event of the month (ingested a minute after it occurred)
+# was visible to it.
 HISTORY_USAGE_PERIOD = """
 INSERT INTO usage.usage_period (organisation_id, metric, aggregation, period_start, period_end, units,
                                 event_count, opening_level, closing_level, metric_definition, computed_horizon)
@@ -93,10 +96,24 @@ SELECT e.organisation_id, e.metric, m.aggregation, CAST(:s AS date), CAST(:e AS 
        CASE WHEN m.aggregation = 'weighted_sum' THEN sum(e.quantity) END,
        m.aggregation || coalesce('(' || m.field_name || ')', '')
            || CASE WHEN m.allow_negative THEN ', negative quantities allowed' ELSE '' END,
-       CASE WHEN m.aggregation IN ('unique_count', 'latest', 'weighted_sum') THEN CAST(:e AS timestamptz) END
+       CASE WHEN m.aggregation IN ('unique_count', 'latest', 'weighted_sum')
+            THEN CAST(:e AS timestamptz) + interval '1 day' END
 FROM billing.events e JOIN billing.billable_metrics m ON m.code = e.metric
 WHERE e.occurred_at >= :s AND e.occurred_at < :e
 GROUP BY e.organisation_id, e.metric, m.aggregation, m.field_name, m.allow_negative
+"""
+# weighted_sum's levels as the model carries them, in one statement over the history months: the
+# opening level is the sum of every earlier month's changes, the closing level that plus the month's.
+# (Every organisation has events of every metric in every month in these shapes, so no month lacks a
+# row that a level alone would give it; the history starts with the first events: opening 0.)
+HISTORY_LEVELS = """
+UPDATE usage.usage_period u
+SET opening_level = c.level - u.closing_level, closing_level = c.level
+FROM (SELECT organisation_id, metric, period_start,
+             sum(closing_level) OVER (PARTITION BY organisation_id, metric ORDER BY period_start) AS level
+      FROM usage.usage_period
+      WHERE aggregation = 'weighted_sum' AND period_start < :month) AS c
+WHERE u.organisation_id = c.organisation_id AND u.metric = c.metric AND u.period_start = c.period_start
 """
 HISTORY_AGGREGATED_DAYS = """
 INSERT INTO usage.aggregated_days (usage_date, horizon, aggregated_at, run_id, reason)
@@ -181,6 +198,7 @@ def build_history(engine, months: int, per_month: int, per_day: int, orgs: int) 
             conn.execute(sa.text(HISTORY_USAGE_PERIOD), window)
             conn.execute(sa.text(HISTORY_AGGREGATED_DAYS), window)
             month = months_before(month, -1)
+        conn.execute(sa.text(HISTORY_LEVELS), {"month": MONTH})
     payments(engine, first, DAY, per_day, "h")
     with engine.begin() as conn:  # settled as each day's payments job did (empties billing.settlement_queue)
         settle_invoices(conn, actor="bench-history")

@@ -12,7 +12,32 @@
                   level is held until the next event or the period end, and
                   units = sum(level * seconds held) / seconds in the month. As in Lago's recurring
                   weighted_sum, the level carries over: the month starts at the sum of every earlier
-                  change (here from raw events, so a late event in an earlier month is never missed).
+                  change (from raw events, so a late event in an earlier month is never missed).
+
+  weighted_sum's opening level, exactly that sum without reading all history: a run with a window on
+  the built table takes the level before its first month from the previous month's row P (its
+  closing_level; no row: level 0, since a run writes a row whenever the level or the month's events
+  are not 0, and replaces whole months). P's closing level is the sum of every change before the
+  window that its computation saw, and it saw every event ingested before its computed_horizon. So
+  the carry is the full sum when, for that organisation and metric:
+    - the previous month has rows of the metric under its current definition, each with a horizon
+      (a month's rows are written by its last run under one definition; without such rows: the
+      first month built, a gap, a changed definition, a run without horizon, the full sum);
+    - no event before the window was ingested at or after P's horizon (for an organisation without
+      a row: the smallest horizon of the metric's rows in that month, a conservative bound on the
+      last run's); those events are few and found through the BRIN index on ingested_at;
+    - no deletion: events are never updated, but an operator may delete some and rerun their days
+      (sql/0006_event_ids.sql), which rebuilds their month only, each month's own change
+      (closing - opening) then right. Over the run of consecutive built months that ends with P,
+      P's closing level must be the first month's opening level plus every month's own change:
+      it is unless a month was rebuilt after the next one was built (that month's opening level no
+      longer the closing level before it, 0 without a row). Otherwise the full sum (the months
+      after a rebuilt one keep their old level until they are run again, as before this carry; a
+      deletion before that run of months, or in a month not rerun, is not seen: rerun the later
+      months).
+  The organisations and metrics that fail these checks are summed from every earlier change, and
+  only those (a full pass over the earlier months' events, skipped when there are none). A full
+  build (no window), or a window on a table not built yet, sums every change as before.
 
   Incremental: a run replaces the whole months its window [min_date, max_date) touches
   (replace_window on period_start, month grain). unique_count, latest and weighted_sum need a pass
@@ -25,8 +50,9 @@
   under (computed_horizon: every event ingested before it was visible to that computation; events
   are never updated, sql/0006_event_ids.sql), its metric definition is the same, its event_count
   equals usage_daily's (a rerun after an operator deleted events) and, for weighted_sum, its opening
-  level is the same (a late event in an earlier month). The horizon comes from the Dagster asset
-  (var usage_horizon, taken before dbt starts); a row computed without one is never kept.
+  level is the same (a late event in an earlier month, an earlier month rebuilt after a deletion).
+  The horizon comes from the Dagster asset (var usage_horizon, taken before dbt starts); a row
+  computed without one is never kept.
 
   The planner cannot know how many rows changed (a late-event refresh: a few; a day's partition:
   nearly all), and a sort of the month's events would cost twice a hash: the model's transaction
@@ -46,6 +72,11 @@
 {%- set keep_unchanged = is_incremental() and one_month %}
 {%- set raw_aggregations = "('unique_count', 'latest', 'weighted_sum')" %}
 {%- set horizon = var('usage_horizon', none) %}
+{#- a window on the built table: weighted_sum carries its level from the month before the window #}
+{%- set carry = window is not none and is_incremental() %}
+{%- if carry %}
+{%- set previous_month = (window.start - modules.datetime.timedelta(days=1)).replace(day=1) %}
+{%- endif %}
 
 with metrics as (
     select
@@ -98,8 +129,113 @@ daily as materialized (
     group by 1, 2, 3
 ),
 
+{%- if carry %}
+-- weighted_sum: the level before the window, carried from the previous month's rows (see above).
+-- The previous month's weighted_sum rows under their metric's current definition.
+ws_previous as materialized (
+    select p.organisation_id, p.metric, p.closing_level, p.computed_horizon
+    from {{ this }} as p
+    inner join metrics as mt
+        on mt.metric = p.metric and mt.aggregation = 'weighted_sum' and mt.definition = p.metric_definition
+    where p.period_start = '{{ previous_month.isoformat() }}'::date
+),
+
+-- The metrics that month carries: it has rows of theirs under their current definition (the month's
+-- last run wrote or kept every row of it, under one definition), each with a horizon. Their smallest
+-- horizon is the horizon of the organisations without a row: level 0 when the month was built.
+ws_carried_metrics as materialized (
+    select metric, min(computed_horizon) as horizon
+    from ws_previous
+    group by metric
+    having bool_and(computed_horizon is not null)
+),
+
+-- Organisations and metrics with an event before the window ingested at or after that horizon: it
+-- may be missing from the carried level. Few, and found through the BRIN index on ingested_at.
+ws_late as materialized (
+    select distinct e.organisation_id, e.metric
+    from {{ ref('stg_events') }} as e
+    inner join ws_carried_metrics as c on c.metric = e.metric
+    left join ws_previous as p on p.organisation_id = e.organisation_id and p.metric = e.metric
+    where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+        and e.ingested_at >= (select min(horizon) from ws_carried_metrics)
+        and e.ingested_at >= coalesce(p.computed_horizon, c.horizon)
+),
+
+-- The months from the first built to the previous one, built or not (they have rows or not): an
+-- index probe each; and the run of consecutive built months that ends with the previous month
+ws_months as materialized (
+    select m::date as period_start,
+        exists (select 1 from {{ this }} as p where p.period_start = m::date) as built
+    from generate_series(
+        (select min(p.period_start) from {{ this }} as p)::timestamp,
+        '{{ previous_month.isoformat() }}'::timestamp,
+        interval '1 month'
+    ) as m
+),
+
+ws_chain as materialized (
+    select period_start from ws_months
+    where period_start > coalesce((select max(period_start) from ws_months where not built), '-infinity'::date)
+),
+
+-- Deleted events: the operator reruns the days concerned, which rebuilds their month, not the later
+-- months. Along the chain, the previous month's closing level is the first month's opening level
+-- plus each month's own change (closing - opening) plus, at each month, its opening level minus the
+-- closing level of the month before (0 without a row): 0 everywhere unless a month was rebuilt after
+-- the next one. Where their sum is not 0, the previous month's closing level is not that of the
+-- rebuilt months: such organisations and metrics are summed again.
+ws_broken as materialized (
+    select h.organisation_id, h.metric
+    from {{ this }} as h
+    where h.period_start >= (select min(period_start) from ws_chain)
+        and h.period_start <= '{{ previous_month.isoformat() }}'::date
+        and h.aggregation = 'weighted_sum'
+        and h.metric in (select metric from ws_carried_metrics)
+    group by h.organisation_id, h.metric
+    having sum(
+        case when h.period_start > (select min(period_start) from ws_chain) then h.opening_level else 0 end
+        - case when h.period_start < '{{ previous_month.isoformat() }}'::date then h.closing_level else 0 end
+    ) <> 0
+),
+
+-- The carried organisations and metrics whose level is summed again from every earlier change
+ws_recount as materialized (
+    select organisation_id, metric from ws_late
+    union
+    select organisation_id, metric from ws_broken
+),
+
+ws_prior as materialized (
+    select p.organisation_id, p.metric, p.closing_level as level
+    from ws_previous as p
+    inner join ws_carried_metrics as c on c.metric = p.metric
+    where not exists (
+        select 1 from ws_recount as r where r.organisation_id = p.organisation_id and r.metric = p.metric
+    )
+    union all
+    -- the full sum, for the metrics not carried and the organisations and metrics recounted only;
+    -- without any, no pass over the events at all (evaluated once)
+    select e.organisation_id, e.metric, sum(e.quantity) as level
+    from {{ ref('stg_events') }} as e
+    inner join metrics as mt on mt.metric = e.metric and mt.aggregation = 'weighted_sum'
+    where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+        and (
+            exists (select 1 from ws_recount)
+            or exists (
+                select 1 from metrics as m
+                where m.aggregation = 'weighted_sum' and m.metric not in (select metric from ws_carried_metrics)
+            )
+        )
+        and (
+            e.metric <> all(array(select metric from ws_carried_metrics))
+            or (e.organisation_id, e.metric) in (select organisation_id, metric from ws_recount)
+        )
+    group by e.organisation_id, e.metric
+),
+{%- else %}
 -- weighted_sum: the level before the first month built is the sum of every earlier change
-ws_prior as (
+ws_prior as materialized (
     select e.organisation_id, e.metric, sum(e.quantity) as level
     from {{ ref('stg_events') }} as e
     inner join metrics as mt on mt.metric = e.metric and mt.aggregation = 'weighted_sum'
@@ -110,6 +246,7 @@ ws_prior as (
 {%- endif %}
     group by e.organisation_id, e.metric
 ),
+{%- endif %}
 
 {%- if keep_unchanged %}
 -- The month's organisations and metrics with events ingested at or after the oldest horizon of the
