@@ -183,7 +183,7 @@ def test_changed_definition_and_unbuilt_month_fall_back_to_the_full_sum(engine):
     assert got["org_d"][0] == 11  # 5 + 6, the -5 no longer counts
 
 
-def test_deleted_event_rerun_month_reaches_a_later_month_refreshed_alone(engine):
+def test_a_deleted_event_reaches_a_later_month_refreshed_alone_and_a_truncate_stops_the_carry(engine):
     insert_metrics(engine)
     events = list(HISTORY)
     insert_events(engine, events)
@@ -191,19 +191,42 @@ def test_deleted_event_rerun_month_reaches_a_later_month_refreshed_alone(engine)
     for month in (JAN, FEB, MAR):
         run_month(instance, month)
 
-    # The operator deletes a January event and reruns its day (sql/0006_event_ids.sql): January is
-    # rebuilt; February still holds the old level. March refreshed alone must not carry it.
+    # The operator deletes a January event (sql/0006_event_ids.sql) and reruns none of its days yet:
+    # March refreshed alone must not carry February's level, which still counts it (the deletion log,
+    # sql/0092_event_deletions.sql); org_a's carry is untouched
+    set_closing(engine, FEB, "org_a", "55")
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM billing.events WHERE event_id = 'jan_b'"))
+        logged = conn.execute(
+            sa.text("SELECT organisation_id, metric, events FROM billing.event_deletions")
+        ).all()
+    assert [tuple(r) for r in logged] == [("org_b", "storage_gb", 1)]
     events = [e for e in events if e.event_id != "jan_b"]
-    run_day(instance, "2025-01-03")
-    assert levels(engine, JAN) == expected_levels(events, JAN)
-    assert levels(engine, FEB)["org_b"][0] == D("15.75")  # stale, as before the carry
     run_day(instance, "2025-03-10")
-    assert levels(engine, MAR) == expected_levels(events, MAR)
-    assert levels(engine, MAR)["org_b"][0] == D("-1.25")  # -4.25 + 3
-    # Once February is run again, the months chain and March carries again
+    assert levels(engine, FEB)["org_b"][0] == D("15.75")  # stale until February runs again
+    assert levels(engine, MAR)["org_b"][0] == D("-1.25")  # -4.25 + 3, summed again
+    assert levels(engine, MAR)["org_a"][0] == 55  # carried
+
+    # January and February run again, after the deletion: March carries again
+    run_day(instance, "2025-01-03")
     run_day(instance, "2025-02-10")
+    assert levels(engine, JAN) == expected_levels(events, JAN)
     set_closing(engine, FEB, "org_b", "77")
     run_day(instance, "2025-03-10")
     assert levels(engine, MAR)["org_b"][0] == 77
+
+    # A TRUNCATE of the events is logged without organisation (seen here, then rolled back) ...
+    with engine.connect() as conn:
+        with conn.begin() as transaction:
+            conn.execute(sa.text("TRUNCATE billing.events"))
+            marker = conn.execute(
+                sa.text("SELECT count(*) FROM billing.event_deletions WHERE organisation_id IS NULL")
+            ).scalar()
+            transaction.rollback()
+    assert marker == 1
+    # ... and such a row stops every carry: March sums every change again, org_a included
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO billing.event_deletions (organisation_id, metric) VALUES (NULL, NULL)"))
+    set_closing(engine, FEB, "org_a", "99")
+    run_day(instance, "2025-03-10")
+    assert levels(engine, MAR) == expected_levels(events, MAR)

@@ -26,15 +26,11 @@
     - no event before the window was ingested at or after P's horizon (for an organisation without
       a row: the smallest horizon of the metric's rows in that month, a conservative bound on the
       last run's); those events are few and found through the BRIN index on ingested_at;
-    - no deletion: events are never updated, but an operator may delete some and rerun their days
-      (sql/0006_event_ids.sql), which rebuilds their month only, each month's own change
-      (closing - opening) then right. Over the run of consecutive built months that ends with P,
-      P's closing level must be the first month's opening level plus every month's own change:
-      it is unless a month was rebuilt after the next one was built (that month's opening level no
-      longer the closing level before it, 0 without a row). Otherwise the full sum (the months
-      after a rebuilt one keep their old level until they are run again, as before this carry; a
-      deletion before that run of months, or in a month not rerun, is not seen: rerun the later
-      months).
+    - no event before the window was deleted at or after that horizon (events are never updated;
+      an operator may delete some, sql/0006_event_ids.sql, and each DELETE is logged per
+      organisation and metric with its time by a trigger, sql/0092_event_deletions.sql; a TRUNCATE
+      of the events stops every carry). A deletion is seen whether or not its month was rerun;
+      the months between keep their old level until they are run again.
   The organisations and metrics that fail these checks are summed from every earlier change, and
   only those (a full pass over the earlier months' events, skipped when there are none). A full
   build (no window), or a window on a table not built yet, sums every change as before.
@@ -50,7 +46,7 @@
   under (computed_horizon: every event ingested before it was visible to that computation; events
   are never updated, sql/0006_event_ids.sql), its metric definition is the same, its event_count
   equals usage_daily's (a rerun after an operator deleted events) and, for weighted_sum, its opening
-  level is the same (a late event in an earlier month, an earlier month rebuilt after a deletion).
+  level is the same (a late or deleted event in an earlier month).
   The horizon comes from the Dagster asset (var usage_horizon, taken before dbt starts); a row
   computed without one is never kept.
 
@@ -148,6 +144,11 @@ ws_carried_metrics as materialized (
     from ws_previous
     group by metric
     having bool_and(computed_horizon is not null)
+        -- billing.events truncated since: nothing is carried
+        and not exists (
+            select 1 from billing.event_deletions as d
+            where d.organisation_id is null and d.deleted_at >= min(computed_horizon)
+        )
 ),
 
 -- Organisations and metrics with an event before the window ingested at or after that horizon: it
@@ -162,48 +163,24 @@ ws_late as materialized (
         and e.ingested_at >= coalesce(p.computed_horizon, c.horizon)
 ),
 
--- The months from the first built to the previous one, built or not (they have rows or not): an
--- index probe each; and the run of consecutive built months that ends with the previous month
-ws_months as materialized (
-    select m::date as period_start,
-        exists (select 1 from {{ this }} as p where p.period_start = m::date) as built
-    from generate_series(
-        (select min(p.period_start) from {{ this }} as p)::timestamp,
-        '{{ previous_month.isoformat() }}'::timestamp,
-        interval '1 month'
-    ) as m
-),
-
-ws_chain as materialized (
-    select period_start from ws_months
-    where period_start > coalesce((select max(period_start) from ws_months where not built), '-infinity'::date)
-),
-
--- Deleted events: the operator reruns the days concerned, which rebuilds their month, not the later
--- months. Along the chain, the previous month's closing level is the first month's opening level
--- plus each month's own change (closing - opening) plus, at each month, its opening level minus the
--- closing level of the month before (0 without a row): 0 everywhere unless a month was rebuilt after
--- the next one. Where their sum is not 0, the previous month's closing level is not that of the
--- rebuilt months: such organisations and metrics are summed again.
-ws_broken as materialized (
-    select h.organisation_id, h.metric
-    from {{ this }} as h
-    where h.period_start >= (select min(period_start) from ws_chain)
-        and h.period_start <= '{{ previous_month.isoformat() }}'::date
-        and h.aggregation = 'weighted_sum'
-        and h.metric in (select metric from ws_carried_metrics)
-    group by h.organisation_id, h.metric
-    having sum(
-        case when h.period_start > (select min(period_start) from ws_chain) then h.opening_level else 0 end
-        - case when h.period_start < '{{ previous_month.isoformat() }}'::date then h.closing_level else 0 end
-    ) <> 0
+-- Organisations and metrics with an event before the window deleted at or after that horizon (an
+-- operator's act, logged per statement by a trigger on billing.events: sql/0092_event_deletions.sql,
+-- read through its index on deleted_at): the carried level may still count it
+ws_deleted as materialized (
+    select distinct d.organisation_id, d.metric
+    from billing.event_deletions as d
+    inner join ws_carried_metrics as c on c.metric = d.metric
+    left join ws_previous as p on p.organisation_id = d.organisation_id and p.metric = d.metric
+    where d.first_occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+        and d.deleted_at >= (select min(horizon) from ws_carried_metrics)
+        and d.deleted_at >= coalesce(p.computed_horizon, c.horizon)
 ),
 
 -- The carried organisations and metrics whose level is summed again from every earlier change
 ws_recount as materialized (
     select organisation_id, metric from ws_late
     union
-    select organisation_id, metric from ws_broken
+    select organisation_id, metric from ws_deleted
 ),
 
 ws_prior as materialized (
