@@ -11,7 +11,8 @@ the provider), each day synced, the whole history settled once and reconciled on
 (reconcile_payments over the range: recon.discrepancies and the findings' identities). Then the day,
 2026-11-15: --day-events edge events (bench_month's generator: ~1% late by up to 47 hours, 0.05%
 bad) and --charges-per-day more payments and provider records; and so on for --days days (16th,
-17th, ...: the machine is shared, one sample is noisy), each figure the median of the days. Timed, through the product's code:
+17th, ...: the machine is shared, one sample is noisy), each figure the median of the days. Timed,
+through the product's code:
 
   - movement: warehouse_events for the day's 24 hours, one Dagster run in process;
   - usage_refresh: the dbt usage job (models and data tests) for the days the day's events touched
