@@ -1,6 +1,7 @@
 -- Settlement reads only the payments it may have to allocate (issue 19: a day's work must not grow with
 -- the history). billing.settlement_queue holds, per payment that receives money (a Stripe charge, a
--- Razorpay payment), the last time something settlement reads about it changed:
+-- Razorpay payment) and holds some (captured, partially or wholly refunded: settlement counts no other
+-- status), the last time something settlement reads about it changed:
 --   * the payment itself: its status, amounts, currency, time, organisation, invoice reference or
 --     parent (statement triggers on billing.payments, over the statement's transition tables: one
 --     set-based INSERT per statement, a COPY of a million payments included);
@@ -22,6 +23,10 @@ CREATE TABLE billing.settlement_queue (
     queued_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- the statuses whose payments settlement counts (sql/settle_invoices.sql's net amount)
+CREATE FUNCTION billing.holds_money(status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$ SELECT status IN ('captured', 'partially_refunded', 'refunded') $$;
+
 CREATE FUNCTION billing.queue_for_settlement(payment_ids bigint[]) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO billing.settlement_queue AS q (payment_id, queued_seq)
@@ -38,15 +43,16 @@ LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM billing.queue_for_settlement(ARRAY(
-            SELECT n.payment_id FROM new_rows n
+            SELECT n.payment_id FROM new_rows n WHERE billing.holds_money(n.status)
             UNION ALL
             SELECT c.payment_id FROM new_rows n
             JOIN billing.payments c ON c.provider = n.provider AND c.parent_object_id = n.object_id
-            WHERE n.object_type IN ('payment_intent', 'order')));
+            WHERE n.object_type IN ('payment_intent', 'order') AND billing.holds_money(c.status)));
     ELSE
         PERFORM billing.queue_for_settlement(ARRAY(
             WITH changed AS (
-                SELECT n.* FROM new_rows n JOIN old_rows o ON o.payment_id = n.payment_id
+                SELECT n.*, o.status AS old_status
+                FROM new_rows n JOIN old_rows o ON o.payment_id = n.payment_id
                 WHERE (o.status, o.amount_minor, o.amount_refunded_minor, o.currency, o.provider_created_at,
                        o.organisation_id, o.invoice_ref, o.parent_object_id, o.object_id)
                       IS DISTINCT FROM
@@ -54,10 +60,11 @@ BEGIN
                        n.organisation_id, n.invoice_ref, n.parent_object_id, n.object_id)
             )
             SELECT payment_id FROM changed
+            WHERE billing.holds_money(status) OR billing.holds_money(old_status)
             UNION ALL
             SELECT c.payment_id FROM changed n
             JOIN billing.payments c ON c.provider = n.provider AND c.parent_object_id = n.object_id
-            WHERE n.object_type IN ('payment_intent', 'order')));
+            WHERE n.object_type IN ('payment_intent', 'order') AND billing.holds_money(c.status)));
     END IF;
     RETURN NULL;
 END
@@ -73,7 +80,8 @@ CREATE FUNCTION billing.queue_refunded_payments() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM billing.queue_for_settlement(ARRAY(SELECT payment_id FROM new_rows WHERE payment_id IS NOT NULL));
+        PERFORM billing.queue_for_settlement(ARRAY(
+            SELECT payment_id FROM new_rows WHERE payment_id IS NOT NULL));
     ELSE
         PERFORM billing.queue_for_settlement(ARRAY(
             SELECT payment_id FROM new_rows WHERE payment_id IS NOT NULL
@@ -85,7 +93,8 @@ END
 $$;
 
 CREATE TRIGGER refunds_queue_inserted AFTER INSERT ON billing.refunds
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION billing.queue_refunded_payments();
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION billing.queue_refunded_payments();
 CREATE TRIGGER refunds_queue_updated AFTER UPDATE ON billing.refunds
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION billing.queue_refunded_payments();
@@ -93,4 +102,5 @@ CREATE TRIGGER refunds_queue_updated AFTER UPDATE ON billing.refunds
 -- every payment recorded so far: the first settlement after this migration reads them all once
 INSERT INTO billing.settlement_queue (payment_id, queued_seq)
 SELECT payment_id, nextval('billing.settlement_queue_seq') FROM billing.payments
-WHERE (provider, object_type) IN (('stripe', 'charge'), ('razorpay', 'payment'));
+WHERE (provider, object_type) IN (('stripe', 'charge'), ('razorpay', 'payment'))
+  AND billing.holds_money(status);

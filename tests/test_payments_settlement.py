@@ -235,17 +235,20 @@ def test_a_payment_intent_recorded_after_its_charge_names_the_invoice_for_it(eng
 def test_a_change_committed_while_settlement_runs_is_settled_next_time(engine, invoices):
     """The queue row is deleted only if it is still the one settlement read (queued_seq)."""
     a = invoices["org_a"]
-    with engine.begin() as conn:  # recorded, not settled: queued while not yet captured
+    with engine.begin() as conn:  # recorded and queued, not settled yet
         apply_observations(
-            conn, [Seen(_charge(1, 10000, status="pending", metadata={"invoice_id": str(a["invoice_id"])}))],
-            via="sync", actor=ACTOR,
+            conn,
+            [Seen(_charge(1, 10000, metadata={"invoice_id": str(a["invoice_id"])}))],
+            via="sync",
+            actor=ACTOR,
         )
-    # captured meanwhile by a writer that holds the queue row until it commits
-    with engine.connect() as capture, ThreadPoolExecutor(1) as pool:
-        capture.begin()
-        capture.execute(
+    # refunded meanwhile by a writer that holds the queue row until it commits
+    with engine.connect() as refund, ThreadPoolExecutor(1) as pool:
+        refund.begin()
+        refund.execute(
             sa.text(
-                "UPDATE billing.payments SET status = 'captured', status_rank = 4 WHERE object_id = 'ch_1'"
+                "UPDATE billing.payments SET status = 'refunded', status_rank = 5,"
+                " amount_refunded_minor = 10000 WHERE object_id = 'ch_1'"
             )
         )
         settling = pool.submit(lambda: _apply(engine))
@@ -259,9 +262,10 @@ def test_a_change_committed_while_settlement_runs_is_settled_next_time(engine, i
                 if waiting or settling.done():
                     break
                 time.sleep(0.05)
-        capture.commit()
-        assert waiting == 1, "settlement did not wait for the queue row the capture holds"
-        assert settling.result().allocations == 0  # it read the payment as pending
-    assert _queued(engine) == {"ch_1"}
-    assert _apply(engine).allocations == 1
+        refund.commit()
+        assert waiting == 1, "settlement did not wait for the queue row the refund holds"
+        assert settling.result().allocations == 1  # it read the payment as captured
     assert _balances(engine)[a["number"]].settlement_state == "paid"
+    assert _queued(engine) == {"ch_1"}
+    assert _apply(engine).allocations == 1  # the refund, -10000
+    assert _balances(engine)[a["number"]].settlement_state == "unpaid"
