@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -13,6 +14,12 @@ from pathlib import Path
 from billing_pipeline.telemetry import disable_telemetry
 
 disable_telemetry()
+
+# Standard output carries the figures only (JSON lines, `make bench > figures.jsonl`): what the
+# product prints while a benchmark runs it (dbt's progress lines, which dagster-dbt prints for the
+# compute logs) goes to standard error.
+FIGURES = sys.stdout
+sys.stdout = sys.stderr
 
 
 @contextmanager
@@ -59,5 +66,5 @@ def report(bench: str, figure: str, value: float, baseline: str | None = None,
     if baseline is not None and baseline_value:
         line |= {"baseline": baseline, "baseline_value": round(baseline_value, 3),
                  "ratio": round(value / baseline_value, 3)}
-    print(json.dumps(line), flush=True)
+    print(json.dumps(line), file=FIGURES, flush=True)
     return line

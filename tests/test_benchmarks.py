@@ -37,7 +37,8 @@ def test_benchmark_runs_and_prints_json_figures(script, tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    figures = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # standard output holds the figures and nothing else (bench/common.py sends the rest to stderr)
+    figures = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     with_figure = [f for f in figures if "figure" in f]
     assert with_figure, done.stdout
     for line in with_figure:
