@@ -151,36 +151,27 @@ ws_carried_metrics as materialized (
         )
 ),
 
--- Organisations and metrics with an event before the window ingested at or after that horizon: it
--- may be missing from the carried level. Few, and found through the BRIN index on ingested_at.
-ws_late as materialized (
-    select distinct e.organisation_id, e.metric
-    from {{ ref('stg_events') }} as e
-    inner join ws_carried_metrics as c on c.metric = e.metric
-    left join ws_previous as p on p.organisation_id = e.organisation_id and p.metric = e.metric
-    where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
-        and e.ingested_at >= (select min(horizon) from ws_carried_metrics)
-        and e.ingested_at >= coalesce(p.computed_horizon, c.horizon)
-),
-
--- Organisations and metrics with an event before the window deleted at or after that horizon (an
--- operator's act, logged per statement by a trigger on billing.events: sql/0092_event_deletions.sql,
--- read through its index on deleted_at): the carried level may still count it
-ws_deleted as materialized (
-    select distinct d.organisation_id, d.metric
-    from billing.event_deletions as d
-    inner join ws_carried_metrics as c on c.metric = d.metric
-    left join ws_previous as p on p.organisation_id = d.organisation_id and p.metric = d.metric
-    where d.first_occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
-        and d.deleted_at >= (select min(horizon) from ws_carried_metrics)
-        and d.deleted_at >= coalesce(p.computed_horizon, c.horizon)
-),
-
--- The carried organisations and metrics whose level is summed again from every earlier change
+-- Organisations and metrics with a change before the window made at or after that horizon, which the
+-- carried level may miss or still count: an event ingested (few, found through the BRIN index on
+-- ingested_at) or deleted (an operator's act, logged per statement by a trigger on billing.events,
+-- sql/0092_event_deletions.sql, found through its index on deleted_at). Summed again from every
+-- earlier change.
 ws_recount as materialized (
-    select organisation_id, metric from ws_late
-    union
-    select organisation_id, metric from ws_deleted
+    select distinct x.organisation_id, x.metric
+    from (
+        select e.organisation_id, e.metric, e.ingested_at as changed_at
+        from {{ ref('stg_events') }} as e
+        where e.occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+            and e.ingested_at >= (select min(horizon) from ws_carried_metrics)
+        union all
+        select d.organisation_id, d.metric, d.deleted_at
+        from billing.event_deletions as d
+        where d.first_occurred_at < '{{ window.start.isoformat() }} 00:00:00+00'::timestamptz
+            and d.deleted_at >= (select min(horizon) from ws_carried_metrics)
+    ) as x
+    inner join ws_carried_metrics as c on c.metric = x.metric
+    left join ws_previous as p on p.organisation_id = x.organisation_id and p.metric = x.metric
+    where x.changed_at >= coalesce(p.computed_horizon, c.horizon)
 ),
 
 ws_prior as materialized (
