@@ -254,11 +254,12 @@ def test_a_change_committed_while_settlement_runs_is_settled_next_time(engine, i
         settling = pool.submit(lambda: _apply(engine))
         waiting = 0
         with engine.connect() as conn:
-            for _ in range(200):
+            for _ in range(400):  # up to 20 s on a loaded machine
                 waiting = conn.execute(
                     sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                             " AND datname = current_database()")
                 ).scalar()
+                conn.rollback()  # pg_stat_activity is read once per transaction: a new one each time
                 if waiting or settling.done():
                     break
                 time.sleep(0.05)
