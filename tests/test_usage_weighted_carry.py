@@ -106,11 +106,15 @@ def set_closing(engine: sa.Engine, month: date, org: str, level) -> None:
     assert updated == 1
 
 
-def test_carried_opening_equals_the_full_sum_month_by_month_and_takes_a_late_event(engine):
+@pytest.fixture
+def history(engine) -> None:
+    """The metrics and HISTORY's events in the warehouse (each test keeps its own list of them)."""
     insert_metrics(engine)
-    events = list(HISTORY)
-    insert_events(engine, events)
-    instance = dg.DagsterInstance.ephemeral()
+    insert_events(engine, HISTORY)
+
+
+def test_carried_opening_equals_the_full_sum_month_by_month_and_takes_a_late_event(engine, history):
+    events, instance = list(HISTORY), dg.DagsterInstance.ephemeral()
 
     # January: no month before it built (December has an event, never a row): the full sum
     run_month(instance, JAN)
@@ -150,11 +154,8 @@ def test_carried_opening_equals_the_full_sum_month_by_month_and_takes_a_late_eve
     assert levels(engine, MAR)["org_a"][0] == 500
 
 
-def test_changed_definition_and_unbuilt_month_fall_back_to_the_full_sum(engine):
-    insert_metrics(engine)
-    events = list(HISTORY)
-    insert_events(engine, events)
-    instance = dg.DagsterInstance.ephemeral()
+def test_changed_definition_and_unbuilt_month_fall_back_to_the_full_sum(engine, history):
+    events, instance = list(HISTORY), dg.DagsterInstance.ephemeral()
     run_month(instance, JAN)
     # A gap: February is never built, so March cannot carry (January's closing levels, made
     # wrong on purpose, are not read)
@@ -183,11 +184,8 @@ def test_changed_definition_and_unbuilt_month_fall_back_to_the_full_sum(engine):
     assert got["org_d"][0] == 11  # 5 + 6, the -5 no longer counts
 
 
-def test_a_deleted_event_reaches_a_later_month_refreshed_alone_and_a_truncate_stops_the_carry(engine):
-    insert_metrics(engine)
-    events = list(HISTORY)
-    insert_events(engine, events)
-    instance = dg.DagsterInstance.ephemeral()
+def test_a_deleted_event_reaches_a_later_month_refreshed_alone_and_a_truncate_stops_the_carry(engine, history):
+    events, instance = list(HISTORY), dg.DagsterInstance.ephemeral()
     for month in (JAN, FEB, MAR):
         run_month(instance, month)
 

@@ -23,7 +23,7 @@ money_in AS (
            COALESCE(p.invoice_ref, parent.invoice_ref) AS invoice_ref,
            -- a refund that a credit note made is not taken off the payment: the credit note already
            -- lowered what the invoice asks for (billing.invoice_balances)
-           CASE WHEN p.status IN ('captured', 'partially_refunded', 'refunded')
+           CASE WHEN billing.holds_money(p.status)
                 THEN p.amount_minor - LEAST(GREATEST(p.amount_refunded_minor - COALESCE(cn.refunded_minor, 0), 0),
                                             p.amount_minor) ELSE 0 END AS net_minor
     FROM queued q
