@@ -19,8 +19,7 @@ CREATE SEQUENCE billing.settlement_queue_seq;
 
 CREATE TABLE billing.settlement_queue (
     payment_id  bigint PRIMARY KEY,
-    queued_seq  bigint NOT NULL,
-    queued_at   timestamptz NOT NULL DEFAULT now()
+    queued_seq  bigint NOT NULL
 );
 
 -- the statuses whose payments settlement counts (sql/settle_invoices.sql's net amount)
@@ -29,12 +28,12 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT status IN ('captured', 'partially_refunded',
 
 CREATE FUNCTION billing.queue_for_settlement(payment_ids bigint[]) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO billing.settlement_queue AS q (payment_id, queued_seq)
+    INSERT INTO billing.settlement_queue (payment_id, queued_seq)
     SELECT p.payment_id, nextval('billing.settlement_queue_seq')
     FROM (SELECT DISTINCT unnest(payment_ids) AS payment_id) x
     JOIN billing.payments p ON p.payment_id = x.payment_id
     WHERE (p.provider, p.object_type) IN (('stripe', 'charge'), ('razorpay', 'payment'))
-    ON CONFLICT (payment_id) DO UPDATE SET queued_seq = EXCLUDED.queued_seq, queued_at = EXCLUDED.queued_at
+    ON CONFLICT (payment_id) DO UPDATE SET queued_seq = EXCLUDED.queued_seq
 $$;
 
 -- the changed rows themselves, and the payments whose parent a changed row is
