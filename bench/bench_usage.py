@@ -336,10 +336,9 @@ def dbt_usage_job():
 
 def day_range_tags(start: date, end: date) -> dict:
     """The tags of one run over the usage days [start, end) (a single-run backfill)."""
-    return {
-        "dagster/asset_partition_range_start": start.isoformat(),
-        "dagster/asset_partition_range_end": (end - timedelta(days=1)).isoformat(),
-    }
+    from billing_pipeline.defs.usage.sensors import RANGE_END_TAG, RANGE_START_TAG
+
+    return {RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: (end - timedelta(days=1)).isoformat()}
 
 
 def main() -> None:

@@ -283,6 +283,11 @@ def _safe_minor(amount: Decimal, currency: str) -> int:
         return 0
 
 
+def _late_key(metric: str, original_period_start: date) -> str:
+    """The pricing key of a late-usage line: the same for late events priced now and lines carried over."""
+    return f"late:{metric}:{original_period_start.isoformat()}"
+
+
 def price_organisation(
     org: OrganisationInput,
     usage: Mapping[str, Usage],
@@ -334,12 +339,12 @@ def price_organisation(
         except ValueError as exc:
             problems.append({"metric": item.metric, "reason": f"{where}: {exc}"})
             continue
-        key = f"late:{item.metric}:{item.original_period_start.isoformat()}"
+        key = _late_key(item.metric, item.original_period_start)
         inputs.append(LineInput(key, amount, "late_usage"))
         lines.append(line)
 
     for line in carried:
-        key = f"late:{line.metric}:{line.original_period_start.isoformat()}"
+        key = _late_key(line.metric, line.original_period_start)
         inputs.append(LineInput(key, line.amount_unrounded, line.kind))
         lines.append(line)
 
